@@ -1,0 +1,273 @@
+"""Typed experiment configuration.
+
+A config is a tree of dataclasses. YAML files fill it (`yaml.safe_load`, never a full loader), an
+optional `base:` key names another YAML file (relative to this one) whose values are inherited, and
+command-line overrides `--set section.key=value` change single fields. Every key is checked: an
+unknown key or a value of the wrong type is a `ConfigError` that names the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+# The configs shipped with the package's source tree (used when a bare name like "synthetic" is given).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the offending key."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "synthetic"
+    seed: int = 0
+    workdir: str = "runs/synthetic"
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the embedded benchmark (mcof_tf.data.synthetic); used when data.root is missing."""
+    seed: int = 0
+    num_train: int = 200
+    num_val: int = 60
+    min_side: int = 96
+    max_side: int = 160
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"
+    # When set and `root` holds no dataset yet, the embedded benchmark is generated there first.
+    synthetic: Optional[SyntheticConfig] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    # Ground-truth folders tried in order (SBD's augmented masks first, as in train_aug).
+    mask_dirs: list[str] = field(default_factory=lambda: ["SegmentationClassAug", "SegmentationClass"])
+    # Class names, background first. Empty: the root's classes.txt, else the 21 VOC classes.
+    classes: list[str] = field(default_factory=list)
+    # Images whose longer side exceeds this are downscaled when records are written (0: never).
+    max_side: int = 0
+
+
+@dataclass
+class SuperpixelConfig:
+    """Felzenszwalb parameters, given for an image whose longer side is `reference_side` pixels.
+
+    `scale` and `min_size` are in units of pixel area, so both are multiplied by
+    (longer side / reference_side)^2 for each image; this keeps the number of superpixels per
+    object roughly constant across image sizes.
+    """
+    scale: float = 100.0
+    sigma: float = 0.8
+    min_size: int = 20
+    reference_side: int = 500
+
+
+@dataclass
+class SaliencyConfig:
+    # auto: the dataset's Saliency/<id>.png when present, else the built-in method.
+    # dataset: require Saliency/<id>.png (a missing map rejects the image). geodesic: always built-in.
+    method: str = "auto"
+
+
+@dataclass
+class RecordsConfig:
+    num_shards: int = 4
+
+
+@dataclass
+class InputConfig:
+    """tf.data input pipeline and joint augmentation."""
+    crop_size: int = 321
+    batch_size: int = 10
+    min_scale: float = 0.7
+    max_scale: float = 1.3
+    flip: bool = True
+    mean_rgb: list[float] = field(default_factory=lambda: [123.68, 116.779, 103.939])
+    shuffle_buffer: int = 512
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vgg16"  # vgg16 | vgg16_small | resnet101
+    weights: str = "imagenet"  # imagenet | none | <path to a weights file>
+    width: float = 1.0  # channel multiplier of the reduced backbone (vgg16_small)
+
+
+@dataclass
+class StageConfig:
+    """Training schedule of one network (CAM, RegionNet or PixelNet)."""
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    batch_size: int = 10
+
+
+@dataclass
+class TrainConfig:
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    classifier_lr_mult: float = 10.0  # the last layer learns 10x faster (bias 2x that), DeepLab solvers
+    mixed_precision: bool = False
+    cam: StageConfig = field(default_factory=StageConfig)
+    regionnet: StageConfig = field(default_factory=StageConfig)
+    pixelnet: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable text of the whole config, for telling whether an output was made by it."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_CHOICES = {
+    "saliency.method": ("auto", "dataset", "geodesic"),
+    "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
+}
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and build dataclasses from dicts."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key '{where}' (known here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names:
+        key = f"{prefix}.{name}" if prefix else name
+        if name in values:
+            kwargs[name] = _convert(values[name], hints[name], key)
+            allowed = _CHOICES.get(key)
+            if allowed and kwargs[name] not in allowed:
+                raise ConfigError(f"{key}: {kwargs[name]!r} is not one of {', '.join(allowed)}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_path(name_or_path: str) -> str:
+    """A config path as given, or a bare name looked up in the package's configs/ folder."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    candidate = os.path.join(CONFIG_DIR, name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    if os.path.exists(candidate):
+        return candidate
+    raise ConfigError(f"config file not found: {name_or_path}")
+
+
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"config 'base' chain loops back to {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be a file name")
+        values = _merge(_read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,)), values)
+    return values
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` → (["section", "key"], value); the value is read as YAML (safe)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} names no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    return parts, value
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (default: configs/synthetic.yaml) and apply `key=value` overrides."""
+    values = _read_yaml(resolve_path(path or "synthetic"))
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = values
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return _build(Config, values)

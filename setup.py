@@ -1,0 +1,31 @@
+"""mcof_tf: weakly-supervised semantic segmentation from image tags (MCOF, CVPR 2018).
+
+One distribution installs both packages, `mcof_tf` (library + CLIs) and `beam_jobs` (Apache Beam
+pipelines). The same file is what Dataflow ships to its workers with `--setup_file ./setup.py`.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15,<4",
+    "tensorboard>=2.21,<2.22",  # TF 2.21 no longer pulls it in
+    "apache-beam[tfrecord]>=2.77,<2.78",  # the extra brings TFRecord IO (crcmod)
+    "scikit-image>=0.26,<0.27",
+    "pydensecrf2>=1.1,<1.2",  # provides `import pydensecrf`; builds from source (~1 min)
+    "numpy<2.5",
+    "protobuf<7",
+    "pyyaml>=6",
+    "pillow>=10",
+    "matplotlib>=3.8",
+]
+
+setup(
+    name="mcof_tf",
+    version="0.1.0",
+    description="Weakly-supervised semantic segmentation by iteratively mining common object features",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mcof_tf", "mcof_tf.*", "beam_jobs", "beam_jobs.*"]),
+    package_data={"": ["*.txt"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8"], "dev": ["pytest>=8"]},
+)
