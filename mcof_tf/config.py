@@ -61,9 +61,8 @@ class DataConfig:
 class SuperpixelConfig:
     """Felzenszwalb parameters, given for an image whose longer side is `reference_side` pixels.
 
-    `scale` and `min_size` are in units of pixel area, so both are multiplied by
-    (longer side / reference_side)^2 for each image; this keeps the number of superpixels per
-    object roughly constant across image sizes.
+    `scale` and `min_size` are multiplied by (longer side / reference_side) for each image, which
+    keeps the number of superpixels per object roughly constant across image sizes.
     """
     scale: float = 100.0
     sigma: float = 0.8

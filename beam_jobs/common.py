@@ -1,0 +1,122 @@
+"""What every Beam job of the project shares: outputs, dead letters, the manifest, completion.
+
+A job writes into its output folder:
+    <prefix>-SSSSS-of-NNNNN.tfrecord    the records (Beam's sink writes temp files and renames them)
+    rejected.jsonl                      one {"id": ..., "reason": ...} per input that was not used
+    manifest.json                       written last, atomically: the job's completion marker
+
+`manifest.json` holds "read", "written" and "rejected" (the list), checked so that
+read == written + len(rejected); "written" is counted from the shards on disk, not trusted from the job.
+A folder whose manifest matches the job's fingerprint is complete and is not recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Callable, Iterable, Optional
+
+import apache_beam as beam
+import tensorflow as tf
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected"
+SHARD_SUFFIX = ".tfrecord"
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.rstrip("/") for p in parts)
+
+
+def fingerprint(spec: dict) -> str:
+    """A short, stable hash of what a job's output depends on."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_manifest(out_dir: str) -> Optional[dict]:
+    path = join(out_dir, MANIFEST)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def is_complete(out_dir: str, fingerprint: str) -> bool:
+    m = read_manifest(out_dir)
+    return m is not None and m.get("fingerprint") == fingerprint
+
+
+def write_json_atomic(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def prepare_output(out_dir: str, prefix: str) -> None:
+    """Empty the folder of an earlier, unfinished attempt: stale shards must never be mixed in."""
+    tf.io.gfile.makedirs(out_dir)
+    for pattern in (f"{prefix}-*{SHARD_SUFFIX}", f"{REJECTED}*", f"{MANIFEST}*"):
+        for path in tf.io.gfile.glob(join(out_dir, pattern)):
+            tf.io.gfile.remove(path)
+    for path in tf.io.gfile.glob(join(out_dir, "beam-temp-*")):  # a killed sink's leftovers
+        tf.io.gfile.rmtree(path)
+
+
+def count_records(pattern: str) -> int:
+    files = tf.io.gfile.glob(pattern)
+    return sum(sum(1 for _ in tf.data.TFRecordDataset(f)) for f in files) if files else 0
+
+
+def read_rejected(out_dir: str) -> list[dict]:
+    rows = []
+    for path in sorted(tf.io.gfile.glob(join(out_dir, f"{REJECTED}*.jsonl"))):
+        with tf.io.gfile.GFile(path, "r") as f:
+            rows += [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def rejection(image_id, reason: str) -> str:
+    return json.dumps({"id": str(image_id), "reason": reason})
+
+
+def write_outputs(records: beam.PCollection, rejected: beam.PCollection, out_dir: str, prefix: str,
+                  num_shards: int) -> None:
+    """Attach the record sink and the dead-letter sink to a pipeline."""
+    records | "WriteRecords" >> beam.io.WriteToTFRecord(
+        join(out_dir, prefix), file_name_suffix=SHARD_SUFFIX, num_shards=num_shards)
+    rejected | "WriteRejected" >> beam.io.WriteToText(
+        join(out_dir, REJECTED), file_name_suffix=".jsonl", shard_name_template="")
+
+
+def finish(out_dir: str, prefix: str, read: int, fingerprint: str, started: float, extra: Optional[dict] = None) -> dict:
+    """Count what was written, check that nothing was lost, write the manifest last."""
+    written = count_records(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
+    rejected = read_rejected(out_dir)
+    manifest = {
+        "read": read,
+        "written": written,
+        "rejected": rejected,
+        "shards": sorted(p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))),
+        "fingerprint": fingerprint,
+        "seconds": round(time.time() - started, 3),
+        **(extra or {}),
+    }
+    if read != written + len(rejected):
+        raise RuntimeError(f"{out_dir}: read {read} but wrote {written} and rejected {len(rejected)}; "
+                           "inputs were lost, the manifest is not written")
+    write_json_atomic(join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def split_args(parser, argv: Optional[Iterable[str]]):
+    """Parse the job's own flags; everything else is handed to Beam's PipelineOptions."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args, beam_args = parser.parse_known_args(argv)
+    return args, PipelineOptions(beam_args)
+
+
+def run_pipeline(options, build: Callable[[beam.Pipeline], None]) -> None:
+    with beam.Pipeline(options=options) as p:
+        build(p)
