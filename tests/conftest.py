@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny VOC-layout datasets made on the spot (no network, images ≤ 64 px)."""
+import os
+import shutil
+
+import pytest
+
+from mcof_tf.config import load_config
+from mcof_tf.data import synthetic
+
+TINY = synthetic.SyntheticSpec(seed=7, num_train=8, num_val=2, min_side=40, max_side=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A read-only-by-convention tiny benchmark; copy it before changing anything."""
+    root = str(tmp_path_factory.mktemp("data") / "tiny")
+    synthetic.write_dataset(root, TINY, progress=False)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_root, tmp_path):
+    dst = str(tmp_path / "tiny")
+    shutil.copytree(tiny_root, dst)
+    return dst
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The embedded default config, resized for tests."""
+    return load_config("synthetic", [
+        "superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=2",
+        "input.crop_size=48", "input.batch_size=2",
+    ])
+
+
+def list_ids(root, split="train"):
+    with open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")) as f:
+        return f.read().split()
