@@ -10,6 +10,8 @@ INSTALL_REQUIRES = [
     "keras>=3.15,<4",
     "tensorboard>=2.21,<2.22",  # TF 2.21 no longer pulls it in
     "apache-beam[tfrecord]>=2.77,<2.78",  # the extra brings TFRecord IO (crcmod)
+    "google-crc32c>=1.5",  # native CRC for Beam's TFRecord sink (pure Python otherwise)
+    "threadpoolctl>=3",  # one BLAS thread per Beam worker process: no oversubscription
     "scikit-image>=0.26,<0.27",
     "pydensecrf2>=1.1,<1.2",  # provides `import pydensecrf`; builds from source (~1 min)
     "numpy<2.5",
