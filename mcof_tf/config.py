@@ -99,6 +99,12 @@ class ModelConfig:
     backbone: str = "vgg16"  # vgg16 | vgg16_small | resnet101
     weights: str = "imagenet"  # imagenet | none | <path to a weights file>
     width: float = 1.0  # channel multiplier of the reduced backbone (vgg16_small)
+    dropout: float = 0.5
+    # RegionNet: superpixel ids 0..max_regions-1 of an image are classified, each pooled to k×k
+    max_regions: int = 256
+    roi_pool_size: int = 7
+    roi_sampling: int = 2  # samples per bin side (RoIAlign-style) before the masked max pooling
+    region_fc: int = 1024
 
 
 @dataclass
@@ -115,7 +121,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     classifier_lr_mult: float = 10.0  # the last layer learns 10x faster (bias 2x that), DeepLab solvers
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # mixed_float16 (for GPUs)
+    # tf.distribute devices; empty: every local GPU, or the CPU when there is none
+    devices: list[str] = field(default_factory=list)
+    steps_per_epoch: int = 0  # 0: one pass over the training records per epoch
     cam: StageConfig = field(default_factory=StageConfig)
     regionnet: StageConfig = field(default_factory=StageConfig)
     pixelnet: StageConfig = field(default_factory=StageConfig)

@@ -1,0 +1,109 @@
+"""Backbones at output stride 8: VGG16 as in DeepLab-LargeFOV (full or reduced width) and a dilated ResNet-101.
+
+Weights: `"imagenet"` (downloaded by keras.applications on a machine with internet), `"none"`, or the
+path of a weights file saved from the matching `keras.applications` model (e.g.
+`keras.applications.VGG16(weights=None, include_top=False).save_weights("vgg16.weights.h5")` after
+loading real weights elsewhere). Transfer is by layer name, so the DeepLab layout (pool strides,
+dilations) takes ImageNet weights unchanged.
+
+keras.applications' VGG16/ResNet weights expect BGR input ("caffe" preprocessing); our pipelines feed
+mean-subtracted RGB, so the first convolution's input channels are reversed on transfer instead of
+adding a channel-flip layer to every model.
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+RESNET_NAME = "resnet101_os8"
+
+
+def _regularizer(weight_decay: float):
+    # Caffe's weight_decay w adds w * theta to the gradient: the derivative of (w / 2) * ||theta||^2.
+    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+
+
+def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0):
+    """VGG16 conv1-conv5 in the DeepLab-LargeFOV layout: 3x3 max pools, stride 2 after blocks 1-3 and
+    stride 1 after blocks 4-5, block 5 convolutions dilated by 2. Output stride 8."""
+    for b, (filters, n) in enumerate(VGG16_BLOCKS, start=1):
+        f = max(int(round(filters * width)), 4)
+        for i in range(1, n + 1):
+            x = layers.Conv2D(f, 3, padding="same", activation="relu", dilation_rate=2 if b == 5 else 1,
+                              kernel_regularizer=_regularizer(weight_decay), name=f"block{b}_conv{i}")(x)
+        x = layers.MaxPooling2D(3, strides=2 if b <= 3 else 1, padding="same", name=f"block{b}_pool")(x)
+    return x
+
+
+def _transfer(dst: keras.Model, src: keras.Model, first_conv: str) -> int:
+    """Copy weights layer by layer (matching names); returns how many layers were copied."""
+    copied = 0
+    for layer in src.layers:
+        w = layer.get_weights()
+        if not w:
+            continue
+        try:
+            target = dst.get_layer(layer.name)
+        except ValueError:
+            continue
+        if layer.name == first_conv:
+            w = [w[0][:, :, ::-1, :]] + w[1:]  # BGR-trained kernel → RGB input
+        target.set_weights(w)
+        copied += 1
+    return copied
+
+
+def load_backbone_weights(model: keras.Model, backbone: str, weights: str) -> int:
+    """Fill the backbone layers of `model` from ImageNet weights or a local file; returns layers copied."""
+    if weights in ("none", "", None):
+        return 0
+    if backbone == "vgg16_small":
+        raise ValueError("the reduced-width VGG16 has no pretrained weights; use model.weights: none")
+    if weights != "imagenet" and not os.path.exists(weights):
+        raise FileNotFoundError(f"backbone weights file {weights} does not exist")
+    app = {"vgg16": keras.applications.VGG16, "resnet101": keras.applications.ResNet101}[backbone]
+    src = app(include_top=False, weights="imagenet" if weights == "imagenet" else None)
+    if weights != "imagenet":
+        src.load_weights(weights)
+    if backbone == "resnet101":
+        model = model.get_layer(RESNET_NAME)  # the dilated ResNet is one nested model
+    n = _transfer(model, src, "block1_conv1" if backbone == "vgg16" else "conv1_conv")
+    if n == 0:
+        raise ValueError(f"no layer of {weights} matched the {backbone} backbone by name")
+    return n
+
+
+def resnet101_body(x, weight_decay: float = 0.0):
+    """keras.applications.ResNet101's structure, made dilated: conv4_x at stride 1 / dilation 2 and
+    conv5_x at stride 1 / dilation 4 (DeepLab's output stride 8). Built by rewriting the application's
+    config, so layer names, and therefore ImageNet weights, are the application's."""
+    base = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(None, None, 3))
+    cfg = base.get_config()
+    for spec in cfg["layers"]:
+        c = spec["config"]
+        name = c["name"]
+        stage = name.split("_")[0]
+        if stage not in ("conv4", "conv5") or spec["class_name"] != "Conv2D":
+            continue
+        if name.endswith("block1_1_conv") or name.endswith("block1_0_conv"):
+            c["strides"] = [1, 1]
+        if name.endswith("_2_conv"):
+            c["dilation_rate"] = [2, 2] if stage == "conv4" else [4, 4]
+        if weight_decay:
+            c["kernel_regularizer"] = keras.saving.serialize_keras_object(_regularizer(weight_decay))
+    cfg["name"] = RESNET_NAME
+    dilated = keras.Model.from_config(cfg)
+    return dilated(x)
+
+
+def backbone_features(x, backbone: str, width: float = 1.0, weight_decay: float = 0.0):
+    if backbone == "vgg16":
+        return vgg16_body(x, 1.0, weight_decay)
+    if backbone == "vgg16_small":
+        return vgg16_body(x, width, weight_decay)
+    if backbone == "resnet101":
+        return resnet101_body(x, weight_decay)
+    raise ValueError(f"unknown backbone {backbone!r}")

@@ -1,0 +1,48 @@
+"""The CAM classifier (Zhou et al., CVPR 2016) that gives MCOF its initial seeds.
+
+backbone → 3x3 conv → global average pooling → one logit per object class (multi-label sigmoid).
+Because pooling and the classifier are both linear, CAM_c = ReLU(features · w_c) is the map whose
+average is class c's logit (minus the bias); `class_activation_maps` computes it at image resolution.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from mcof_tf.models.backbones import _regularizer, backbone_features, load_backbone_weights
+
+FEATURES = "cam_conv"
+CLASSIFIER = "cam_classifier"
+
+
+def build_cam(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
+              weight_decay: float = 0.0, name: str = "cam") -> keras.Model:
+    """Image batch → logits over the `num_classes - 1` object classes (background has no tag)."""
+    image = keras.Input((None, None, 3), name="image")
+    x = backbone_features(image, backbone, width, weight_decay)
+    channels = 512 if backbone != "vgg16_small" else max(int(round(512 * width)), 8)
+    x = layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_regularizer=_regularizer(weight_decay),
+                      name=FEATURES)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    logits = layers.Dense(num_classes - 1, kernel_regularizer=_regularizer(weight_decay), name=CLASSIFIER)(x)
+    model = keras.Model(image, logits, name=name)
+    load_backbone_weights(model, backbone, weights)
+    return model
+
+
+def cam_extractor(model: keras.Model) -> keras.Model:
+    """A model from images to (features at stride 8, logits) sharing `model`'s weights."""
+    return keras.Model(model.inputs, [model.get_layer(FEATURES).output, model.output])
+
+
+def class_activation_maps(extractor: keras.Model, classifier_kernel, images):
+    """CAMs of every object class, each normalised to [0, 1] by its maximum, at the images' size.
+
+    images: (B, H, W, 3) float (already mean-subtracted). Returns (B, H, W, C-1) float32.
+    """
+    features, _ = extractor(images, training=False)
+    cams = ops.relu(ops.einsum("bhwk,kc->bhwc", features, classifier_kernel))
+    peak = ops.max(cams, axis=(1, 2), keepdims=True)
+    cams = cams / ops.maximum(peak, 1e-5)
+    size = ops.shape(images)[1:3]
+    return ops.image.resize(cams, size, interpolation="bilinear")

@@ -1,0 +1,64 @@
+"""Losses and metrics of the three networks (keras.losses / keras.metrics underneath).
+
+- CAM: multi-label sigmoid cross-entropy over the object tags.
+- RegionNet, eq. 1: cross-entropy over the labelled superpixels (255 = unlabelled/absent, ignored).
+- PixelNet, eq. 3: cross-entropy over the labelled pixels, averaged over them (255 ignored). Labels are
+  shrunk (nearest) to the logits' 1/8 resolution, as DeepLab's Caffe `Interp` layer does.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+IGNORE_LABEL = 255
+
+
+def _shrink(labels, logits):
+    """(B, H, W) int labels → the logits' spatial size by nearest sampling."""
+    size = ops.shape(logits)[1:3]
+    lab = ops.image.resize(ops.cast(labels, "float32")[..., None], size, interpolation="nearest")
+    return ops.cast(lab[..., 0], "int32")
+
+
+@keras.saving.register_keras_serializable(package="mcof_tf")
+class MaskedCrossEntropy(keras.losses.Loss):
+    """Softmax cross-entropy ignoring `ignore_class`, averaged over the labelled positions only.
+
+    Works for region logits (B, R, C) with labels (B, R) and for pixel logits (B, h, w, C) with labels
+    (B, H, W), which are shrunk to (h, w) first.
+    """
+
+    def __init__(self, ignore_class: int = IGNORE_LABEL, name: str = "masked_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore_class = ignore_class
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        if len(y_pred.shape) == 4:
+            y_true = _shrink(y_true, y_pred)
+        valid = ops.not_equal(y_true, self.ignore_class)
+        safe = ops.where(valid, y_true, 0)
+        ce = keras.losses.sparse_categorical_crossentropy(safe, y_pred, from_logits=True)
+        mask = ops.cast(valid, ce.dtype)
+        # eq. 3: 1 / (number of labelled positions) * sum over them; per image here, then the usual batch mean
+        axes = tuple(range(1, len(ce.shape)))
+        return ops.sum(ce * mask, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "ignore_class": self.ignore_class}
+
+
+@keras.saving.register_keras_serializable(package="mcof_tf")
+class SegmentationMeanIoU(keras.metrics.MeanIoU):
+    """keras.metrics.MeanIoU from logits, with labels shrunk to the logits' size and 255 ignored."""
+
+    def __init__(self, num_classes: int, name: str = "miou", **kwargs):
+        kwargs.pop("ignore_class", None)
+        kwargs.pop("sparse_y_pred", None)
+        super().__init__(num_classes=num_classes, name=name, ignore_class=IGNORE_LABEL, sparse_y_pred=True, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        if len(y_pred.shape) == 4:
+            y_true = _shrink(y_true, y_pred)
+        return super().update_state(y_true, ops.argmax(y_pred, axis=-1), sample_weight)

@@ -1,0 +1,169 @@
+"""ONE training routine for the three networks (CAM, RegionNet, PixelNet).
+
+What differs per network is a `Network` entry (how to build it, its loss, metrics, classifier layer and
+which fields of a batch it reads); everything else is shared: SGD with momentum 0.9 and weight decay
+(L2 on kernels, Caffe convention), the classifier layer at 10x learning rate (bias 20x) as in the
+DeepLab solvers, a poly schedule, `tf.distribute.MirroredStrategy` (every local GPU, else the CPU),
+optional mixed precision, checkpoints that resume after a kill (`keras.callbacks.BackupAndRestore`),
+TensorBoard scalars (loss, learning rate, mIoU where the labels allow) and a progress bar.
+
+Layout of a stage folder:
+    <dir>/backup/      BackupAndRestore state; a killed run resumes from it
+    <dir>/logs/        TensorBoard
+    <dir>/model.keras  the trained model, written to a temporary name and renamed last
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from mcof_tf.models import losses
+from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER, build_cam
+from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER, deeplab_largefov
+from mcof_tf.models.regionnet import CLASSIFIER as REGION_CLASSIFIER, build_regionnet, region_labels
+
+MODEL_FILE = "model.keras"
+
+
+@keras.saving.register_keras_serializable(package="mcof_tf")
+class SGDWithMultipliers(keras.optimizers.SGD):
+    """SGD whose gradients are scaled per variable before the update: Caffe's `lr_mult`.
+
+    With momentum SGD, scaling a variable's gradient by m is the same as scaling its learning rate by m.
+    `multipliers` maps variable paths (e.g. "fc8/kernel") to factors; other variables use 1.
+    """
+
+    def __init__(self, multipliers: Optional[dict] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.multipliers = dict(multipliers or {})
+
+    def apply(self, grads, trainable_variables=None):
+        variables = trainable_variables if trainable_variables is not None else self._trainable_variables
+        grads = [g if g is None or v.path not in self.multipliers else g * self.multipliers[v.path]
+                 for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self):
+        return {**super().get_config(), "multipliers": self.multipliers}
+
+
+@dataclass(frozen=True)
+class Network:
+    """What one of the three networks needs from the shared routine."""
+    name: str
+    build: Callable[..., keras.Model]  # (num_classes, cfg) → model
+    loss: Callable[[], keras.losses.Loss]
+    metrics: Callable[[int], list]  # num_classes → metrics
+    classifier: str  # layer with the 10x / 20x learning rate
+    batch: Callable[..., tuple]  # (pipeline batch dict, num_classes, cfg) → (inputs, targets)
+
+
+def _build_cam(num_classes, cfg):
+    m = cfg.model
+    return build_cam(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay)
+
+
+def _build_regionnet(num_classes, cfg):
+    m = cfg.model
+    return build_regionnet(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.max_regions,
+                           m.roi_pool_size, m.roi_sampling, m.region_fc, m.dropout)
+
+
+def _build_pixelnet(num_classes, cfg):
+    m = cfg.model
+    return deeplab_largefov(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.dropout)
+
+
+NETWORKS = {
+    "cam": Network(
+        "cam", _build_cam, lambda: keras.losses.BinaryCrossentropy(from_logits=True),
+        lambda n: [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy")], CAM_CLASSIFIER,
+        lambda b, n, cfg: (b["image"], b["tags"])),
+    "regionnet": Network(
+        "regionnet", _build_regionnet, losses.MaskedCrossEntropy, lambda n: [losses.SegmentationMeanIoU(n)],
+        REGION_CLASSIFIER,
+        lambda b, n, cfg: ({"image": b["image"], "superpixels": b["superpixels"]},
+                           region_labels(b["labels"], b["superpixels"], cfg.model.max_regions, n))),
+    "pixelnet": Network(
+        "pixelnet", _build_pixelnet, losses.MaskedCrossEntropy, lambda n: [losses.SegmentationMeanIoU(n)],
+        PIXEL_CLASSIFIER, lambda b, n, cfg: (b["image"], b["labels"])),
+}
+
+
+def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
+    """MirroredStrategy over `devices`, or every local GPU, or the one CPU when there is no GPU."""
+    if devices:
+        return tf.distribute.MirroredStrategy(list(devices))
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy([d.name for d in gpus] or ["/cpu:0"])
+
+
+def count_records(pattern: str) -> int:
+    return sum(1 for f in tf.io.gfile.glob(pattern) for _ in tf.data.TFRecordDataset(f))
+
+
+def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
+          strategy: Optional[tf.distribute.Strategy] = None, epochs: Optional[int] = None,
+          steps_per_epoch: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = (),
+          verbose="auto") -> keras.Model:
+    """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records`.
+
+    Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
+    saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
+    """
+    from mcof_tf.data.pipeline import dataset_from_config
+
+    net = NETWORKS[network]
+    stage = getattr(cfg.train, network)
+    epochs = epochs or stage.epochs
+    if not steps_per_epoch:
+        steps_per_epoch = cfg.train.steps_per_epoch or max(count_records(records) // stage.batch_size, 1)
+    strategy = strategy or make_strategy(cfg.train.devices)
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.experiment.seed)
+    os.makedirs(out_dir, exist_ok=True)
+
+    ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=stage.batch_size,
+                             seed=cfg.experiment.seed)
+    ds = ds.map(lambda b: net.batch(b, num_classes, cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+
+    with strategy.scope():
+        model = net.build(num_classes, cfg)
+        classifier = model.get_layer(net.classifier)
+        mult = cfg.train.classifier_lr_mult
+        schedule = keras.optimizers.schedules.PolynomialDecay(
+            stage.learning_rate, decay_steps=epochs * steps_per_epoch, end_learning_rate=0.0,
+            power=cfg.train.poly_power)
+        optimizer = SGDWithMultipliers(
+            {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
+            learning_rate=schedule, momentum=cfg.train.momentum)
+        model.compile(optimizer=optimizer, loss=net.loss(), metrics=net.metrics(num_classes))
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
+        *callbacks,
+    ]
+    print(f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
+          f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters", flush=True)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+              shuffle=False)  # the tf.data pipeline shuffles (seeded)
+    save_model(model, os.path.join(out_dir, MODEL_FILE))
+    return model
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Save atomically: a reader never sees a half-written model."""
+    tmp = path[: -len(".keras")] + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str) -> keras.Model:
+    return keras.models.load_model(path, compile=False)
