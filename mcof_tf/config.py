@@ -100,6 +100,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | <path to a weights file>
     width: float = 1.0  # channel multiplier of the reduced backbone (vgg16_small)
     dropout: float = 0.5
+    batch_norm: bool = False  # BatchNormalization after each backbone conv (for from-scratch CPU models)
     # RegionNet: superpixel ids 0..max_regions-1 of an image are classified, each pooled to k×k
     max_regions: int = 256
     roi_pool_size: int = 7

@@ -14,6 +14,7 @@ Layout of a stage folder:
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -64,18 +65,19 @@ class Network:
 
 def _build_cam(num_classes, cfg):
     m = cfg.model
-    return build_cam(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay)
+    return build_cam(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.batch_norm)
 
 
 def _build_regionnet(num_classes, cfg):
     m = cfg.model
     return build_regionnet(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.max_regions,
-                           m.roi_pool_size, m.roi_sampling, m.region_fc, m.dropout)
+                           m.roi_pool_size, m.roi_sampling, m.region_fc, m.dropout, m.batch_norm)
 
 
 def _build_pixelnet(num_classes, cfg):
     m = cfg.model
-    return deeplab_largefov(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.dropout)
+    return deeplab_largefov(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.dropout,
+                            m.batch_norm)
 
 
 NETWORKS = {
@@ -95,11 +97,20 @@ NETWORKS = {
 
 
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
-    """MirroredStrategy over `devices`, or every local GPU, or the one CPU when there is no GPU."""
-    if devices:
-        return tf.distribute.MirroredStrategy(list(devices))
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy([d.name for d in gpus] or ["/cpu:0"])
+    """MirroredStrategy over `devices`, or every local GPU, or the one CPU when there is no GPU.
+
+    One strategy per device set and process: the MCOF loop trains several networks in one process,
+    and a second MirroredStrategy over the same devices reuses collective-op keys of the first
+    (measured: "Shape mismatch in the collective instance" when CAM then RegionNet trained).
+    """
+    if not devices:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
+    return _strategy(tuple(devices))
+
+
+@functools.lru_cache(maxsize=None)
+def _strategy(devices: tuple) -> tf.distribute.Strategy:
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def count_records(pattern: str) -> int:

@@ -3,9 +3,14 @@ import os
 import shutil
 
 import pytest
+import tensorflow as tf
 
-from mcof_tf.config import load_config
-from mcof_tf.data import synthetic
+# Two logical CPU devices, so that MirroredStrategy runs with 2 replicas here (before TF initialises).
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from mcof_tf.config import load_config  # noqa: E402
+from mcof_tf.data import synthetic  # noqa: E402
 
 TINY = synthetic.SyntheticSpec(seed=7, num_train=8, num_val=2, min_side=40, max_side=64)
 

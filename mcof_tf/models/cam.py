@@ -16,10 +16,10 @@ CLASSIFIER = "cam_classifier"
 
 
 def build_cam(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
-              weight_decay: float = 0.0, name: str = "cam") -> keras.Model:
+              weight_decay: float = 0.0, batch_norm: bool = False, name: str = "cam") -> keras.Model:
     """Image batch → logits over the `num_classes - 1` object classes (background has no tag)."""
     image = keras.Input((None, None, 3), name="image")
-    x = backbone_features(image, backbone, width, weight_decay)
+    x = backbone_features(image, backbone, width, weight_decay, batch_norm)
     channels = 512 if backbone != "vgg16_small" else max(int(round(512 * width)), 8)
     x = layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_regularizer=_regularizer(weight_decay),
                       name=FEATURES)(x)

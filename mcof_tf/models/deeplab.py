@@ -16,11 +16,12 @@ CLASSIFIER = "fc8"  # the layer that learns 10x faster (bias 20x)
 
 
 def deeplab_largefov(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
-                     weight_decay: float = 0.0, dropout: float = 0.5, name: str = "pixelnet") -> keras.Model:
+                     weight_decay: float = 0.0, dropout: float = 0.5, batch_norm: bool = False,
+                     name: str = "pixelnet") -> keras.Model:
     """Image batch (mean-subtracted RGB, any size) → logits at 1/8 resolution, `num_classes` channels
     (background included)."""
     image = keras.Input((None, None, 3), name="image")
-    x = backbone_features(image, backbone, width, weight_decay)
+    x = backbone_features(image, backbone, width, weight_decay, batch_norm)
     reg = _regularizer(weight_decay)
     if backbone == "resnet101":
         logits = layers.Conv2D(num_classes, 3, padding="same", dilation_rate=12, kernel_regularizer=reg,

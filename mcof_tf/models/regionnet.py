@@ -89,11 +89,12 @@ class MaskedRoIPooling(layers.Layer):
 
 def build_regionnet(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
                     weight_decay: float = 0.0, max_regions: int = 256, pool_size: int = 7, sampling_ratio: int = 2,
-                    fc_units: int = 1024, dropout: float = 0.5, name: str = "regionnet") -> keras.Model:
+                    fc_units: int = 1024, dropout: float = 0.5, batch_norm: bool = False,
+                    name: str = "regionnet") -> keras.Model:
     """{image (B, H, W, 3), superpixels (B, H, W)} → logits (B, max_regions, num_classes)."""
     image = keras.Input((None, None, 3), name="image")
     superpixels = keras.Input((None, None), dtype="int32", name="superpixels")
-    x = backbone_features(image, backbone, width, weight_decay)
+    x = backbone_features(image, backbone, width, weight_decay, batch_norm)
     x = MaskedRoIPooling(pool_size, max_regions, sampling_ratio, name="masked_roi_pool")(x, superpixels)
     x = layers.Reshape((max_regions, -1), name="flatten_rois")(x)
     reg = _regularizer(weight_decay)

@@ -1,0 +1,169 @@
+"""Models by shape, parameter count, weight transfer, save/load round-trip and hand-checked pieces."""
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from mcof_tf.models import losses
+from mcof_tf.models.backbones import load_backbone_weights
+from mcof_tf.models.cam import CLASSIFIER, build_cam, cam_extractor, class_activation_maps
+from mcof_tf.models.deeplab import deeplab_largefov
+from mcof_tf.models.regionnet import MaskedRoIPooling, build_regionnet, region_labels
+
+
+def test_deeplab_largefov_matches_the_paper():
+    m = deeplab_largefov(21)
+    assert m.count_params() == 20_505_429
+    out = m(np.zeros((1, 321, 321, 3), np.float32))
+    assert tuple(out.shape) == (1, 41, 41, 21)
+    assert m.get_layer("block4_pool").strides == (1, 1) and m.get_layer("block5_conv1").dilation_rate == (2, 2)
+    assert m.get_layer("fc6").dilation_rate == (12, 12)
+
+
+def test_vgg16_weights_transfer_from_a_local_file(tmp_path):
+    src = keras.applications.VGG16(weights=None, include_top=False)
+    path = str(tmp_path / "vgg16.weights.h5")
+    src.save_weights(path)
+    m = deeplab_largefov(5, weights=path)
+    got, want = m.get_layer("block1_conv1").get_weights(), src.get_layer("block1_conv1").get_weights()
+    np.testing.assert_array_equal(got[0], want[0][:, :, ::-1, :])  # BGR kernel turned to RGB input
+    np.testing.assert_array_equal(got[1], want[1])
+    for name in ("block3_conv2", "block5_conv3"):
+        for a, b in zip(m.get_layer(name).get_weights(), src.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError):
+        deeplab_largefov(5, weights=str(tmp_path / "missing.weights.h5"))
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        deeplab_largefov(5, backbone="vgg16_small", width=0.25, weights=path)
+
+
+def test_resnet101_is_dilated_to_output_stride_8(tmp_path):
+    m = deeplab_largefov(4, backbone="resnet101")
+    assert tuple(m(np.zeros((1, 64, 64, 3), np.float32)).shape) == (1, 8, 8, 4)
+    app = keras.applications.ResNet101(include_top=False, weights=None)
+    body = m.get_layer("resnet101_os8")
+    assert body.count_params() == app.count_params()
+    assert body.get_layer("conv4_block1_1_conv").strides == (1, 1)
+    assert body.get_layer("conv4_block5_2_conv").dilation_rate == (2, 2)
+    assert body.get_layer("conv5_block3_2_conv").dilation_rate == (4, 4)
+    path = str(tmp_path / "r101.weights.h5")
+    app.save_weights(path)
+    assert load_backbone_weights(m, "resnet101", path) > 100
+    np.testing.assert_array_equal(body.get_layer("conv5_block3_3_conv").get_weights()[0],
+                                  app.get_layer("conv5_block3_3_conv").get_weights()[0])
+
+
+def test_cam_logits_are_the_average_of_the_maps():
+    m = build_cam(4, "vgg16_small", width=0.125)
+    x = np.random.default_rng(0).normal(0, 50, (2, 40, 48, 3)).astype(np.float32)
+    ext = cam_extractor(m)
+    feats, logits = ext(x)
+    w, b = m.get_layer(CLASSIFIER).get_weights()
+    # GAP then dense == dense then GAP: the linearity CAM relies on
+    np.testing.assert_allclose(np.einsum("bhwk,kc->bhwc", feats, w).mean((1, 2)) + b, logits, rtol=1e-4, atol=1e-4)
+    cams = class_activation_maps(ext, w, x).numpy()
+    assert cams.shape == (2, 40, 48, 3)
+    assert cams.min() >= 0 and cams.max() <= 1 + 1e-6
+
+
+def _numpy_masked_roi(features, sp, r, k, s):
+    """Reference: the same sampling written out with loops (TF crop_and_resize coordinate rules)."""
+    b_, fh, fw, c = features.shape
+    _, h, w = sp.shape
+    size = k * s
+    out = np.zeros((b_, r, k, k, c), np.float32)
+    for b in range(b_):
+        for reg in range(r):
+            ys, xs = np.nonzero(sp[b] == reg)
+            if ys.size == 0:
+                continue
+            y1, x1, y2, x2 = ys.min() / (h - 1), xs.min() / (w - 1), ys.max() / (h - 1), xs.max() / (w - 1)
+            samples = np.zeros((size, size, c), np.float32)
+            for i in range(size):
+                for j in range(size):
+                    fy = y1 * (fh - 1) + i * (y2 - y1) * (fh - 1) / (size - 1)
+                    fx = x1 * (fw - 1) + j * (x2 - x1) * (fw - 1) / (size - 1)
+                    y0, x0 = int(np.floor(fy)), int(np.floor(fx))
+                    y1i, x1i = min(y0 + 1, fh - 1), min(x0 + 1, fw - 1)
+                    dy, dx = fy - y0, fx - x0
+                    v = (features[b, y0, x0] * (1 - dy) * (1 - dx) + features[b, y0, x1i] * (1 - dy) * dx
+                         + features[b, y1i, x0] * dy * (1 - dx) + features[b, y1i, x1i] * dy * dx)
+                    iy = int(round(y1 * (h - 1) + i * (y2 - y1) * (h - 1) / (size - 1)))
+                    ix = int(round(x1 * (w - 1) + j * (x2 - x1) * (w - 1) / (size - 1)))
+                    samples[i, j] = v if sp[b, iy, ix] == reg else 0.0
+            out[b, reg] = samples.reshape(k, s, k, s, c).max(axis=(1, 3))
+    return out
+
+
+def test_masked_roi_pooling_matches_numpy_reference():
+    rng = np.random.default_rng(1)
+    features = rng.uniform(0, 1, (2, 5, 6, 3)).astype(np.float32)
+    # superpixels: blocks with an L-shaped region, a hole (-1) and an id beyond max_regions
+    sp = np.repeat(np.repeat(rng.integers(0, 5, (2, 4, 5)), 4, axis=1), 4, axis=2)[:, :17, :19].astype(np.int32)
+    sp[0, :3, :3] = -1
+    sp[1, 5:9, 5:9] = 9
+    layer = MaskedRoIPooling(pool_size=2, max_regions=6, sampling_ratio=2)
+    got = layer(tf.constant(features), tf.constant(sp)).numpy()
+    want = _numpy_masked_roi(features, sp, 6, 2, 2)
+    assert got.shape == (2, 6, 2, 2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not (sp == 5).any() and (got[:, 5] == 0).all()  # an absent region pools to zero
+
+
+def test_masked_roi_pooling_gradients_and_config():
+    layer = MaskedRoIPooling(pool_size=3, max_regions=4, sampling_ratio=1)
+    features = tf.Variable(np.random.default_rng(2).uniform(0, 1, (1, 4, 4, 2)).astype(np.float32))
+    sp = tf.constant(np.array([[[0, 0, 1, 1]] * 2 + [[2, 2, 3, 3]] * 2]).repeat(2, axis=1).astype(np.int32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(features, sp))
+    g = tape.gradient(loss, features).numpy()
+    assert np.isfinite(g).all() and (g != 0).any()
+    clone = MaskedRoIPooling.from_config(layer.get_config())
+    assert (clone.pool_size, clone.max_regions, clone.sampling_ratio) == (3, 4, 1)
+
+
+def test_region_labels_majority_vote():
+    labels = np.array([[[1, 1, 2, 255], [1, 2, 2, 2], [0, 0, 255, 255], [0, 3, 255, 255]]])
+    sp = np.array([[[0, 0, 1, 1], [0, 1, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]])
+    got = region_labels(tf.constant(labels), tf.constant(sp), max_regions=5, num_classes=4).numpy()
+    assert got.tolist() == [[1, 2, 0, 255, 255]]  # region 3 has no labelled pixel; region 4 is absent
+
+
+def test_masked_cross_entropy_by_hand():
+    logits = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]], np.float32))
+    labels = np.array([[0, 255, 2]])
+    loss = losses.MaskedCrossEntropy()(labels, logits).numpy()
+    assert abs(loss - (-(np.log(0.7) + np.log(0.4)) / 2)) < 1e-5  # mean over the 2 labelled positions
+    assert losses.MaskedCrossEntropy()(np.array([[255, 255, 255]]), logits).numpy() == 0.0
+
+
+def test_pixel_loss_and_miou_shrink_labels_to_the_logits():
+    labels = np.zeros((1, 16, 16), np.int32)
+    labels[:, :, 8:] = 1
+    logits = np.zeros((1, 2, 2, 2), np.float32)
+    logits[..., 0, 0] = 5.0
+    logits[..., 1, 1] = 5.0
+    metric = losses.SegmentationMeanIoU(2)
+    metric.update_state(labels, logits)
+    assert abs(float(metric.result()) - 1.0) < 1e-6
+    assert float(losses.MaskedCrossEntropy()(labels, logits)) < 0.01
+
+
+@pytest.mark.parametrize("which", ["cam", "regionnet", "pixelnet"])
+def test_save_load_round_trip_gives_the_same_outputs(which, tmp_path):
+    from mcof_tf.training import load_model, save_model
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 40, (2, 32, 40, 3)).astype(np.float32)
+    if which == "cam":
+        m, inputs = build_cam(5, "vgg16_small", 0.125), x
+    elif which == "pixelnet":
+        m, inputs = deeplab_largefov(5, "vgg16_small", 0.125), x
+    else:
+        m = build_regionnet(5, "vgg16_small", 0.125, max_regions=12, fc_units=16)
+        inputs = {"image": x, "superpixels": rng.integers(-1, 14, (2, 32, 40)).astype(np.int32)}
+    path = str(tmp_path / "m.keras")
+    save_model(m, path)
+    back = load_model(path)
+    np.testing.assert_allclose(m(inputs, training=False), back(inputs, training=False), rtol=1e-5, atol=1e-5)
+    assert back.count_params() == m.count_params()

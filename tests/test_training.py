@@ -1,0 +1,85 @@
+"""The one training routine: 2 replicas (2 logical CPUs), loss falls, resume after an interruption."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mcof_tf import training
+from mcof_tf.data import records
+from mcof_tf.data.voc import VocDataset
+from mcof_tf.vision.superpixels import superpixels
+
+
+@pytest.fixture(scope="module")
+def labelled_records(tiny_root, tmp_path_factory):
+    """The tiny benchmark's train split as records whose current labels are the ground truth."""
+    ds = VocDataset(tiny_root)
+    recs = []
+    for i in ds.split_ids("train")[:4]:
+        s = ds.load(i)
+        recs.append(records.Record(
+            id=i, image_encoded=s.encoded, image_format=s.format, height=s.image.shape[0], width=s.image.shape[1],
+            tags=records.tags_multi_hot(s.tags, ds.num_classes), superpixels=superpixels(s.image, 300, 0.8, 50),
+            saliency=np.zeros(s.image.shape[:2], np.uint8), groundtruth=s.groundtruth, labels=s.groundtruth,
+            label_stage="groundtruth"))
+    path = tmp_path_factory.mktemp("rec") / "train-00000-of-00001.tfrecord"
+    records.write_records(str(path), recs)
+    return str(path)
+
+
+def _cfg(tiny_cfg, network, lr):
+    tiny_cfg.model.width = 0.25
+    tiny_cfg.model.dropout = 0.0
+    tiny_cfg.model.batch_norm = True
+    tiny_cfg.model.max_regions = 160
+    tiny_cfg.model.region_fc = 64
+    tiny_cfg.input.min_scale = tiny_cfg.input.max_scale = 1.0
+    tiny_cfg.input.flip = False
+    tiny_cfg.train.devices = ["/cpu:0", "/cpu:1"]
+    stage = getattr(tiny_cfg.train, network)
+    stage.batch_size, stage.learning_rate = 4, lr
+    return tiny_cfg
+
+
+@pytest.mark.parametrize("network, lr", [("cam", 0.02), ("regionnet", 0.02), ("pixelnet", 0.05)])
+def test_loss_falls_on_a_tiny_batch_with_two_replicas(network, lr, labelled_records, tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg, network, lr)
+    strategy = training.make_strategy(cfg.train.devices)
+    assert strategy.num_replicas_in_sync == 2
+    model = training.train(network, labelled_records, str(tmp_path), cfg, 7, strategy=strategy, epochs=6,
+                           steps_per_epoch=5, verbose=0)
+    curve = model.history.history["loss"]  # per-epoch means
+    assert curve[-1] < 0.8 * curve[0], (network, curve)
+    assert os.path.exists(tmp_path / training.MODEL_FILE)
+    assert os.listdir(tmp_path / "logs")  # TensorBoard event files
+    # the classifier runs at 10x (bias 20x) the base learning rate
+    mult = model.optimizer.multipliers
+    assert sorted(mult.values()) == [10.0, 20.0]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    with pytest.raises(KeyboardInterrupt):
+        training.train("pixelnet", labelled_records, str(tmp_path), cfg, 7, epochs=4, steps_per_epoch=2,
+                       callbacks=[_Interrupt()], verbose=0)
+    assert os.listdir(tmp_path / "backup") and not os.path.exists(tmp_path / training.MODEL_FILE)
+    model = training.train("pixelnet", labelled_records, str(tmp_path), cfg, 7, epochs=4, steps_per_epoch=2,
+                           verbose=0)
+    assert model.history.epoch == [2, 3]  # epochs 0-1 were not redone
+    assert int(model.optimizer.iterations.numpy()) == 8  # 4 epochs x 2 steps in all
+    assert os.path.exists(tmp_path / training.MODEL_FILE)
+
+
+def test_sgd_multipliers_scale_the_step():
+    v = keras.Variable(np.ones(2, np.float32), name="k")
+    opt = training.SGDWithMultipliers({v.path: 10.0}, learning_rate=0.1)
+    opt.apply([tf.constant([1.0, 2.0])], [v])
+    np.testing.assert_allclose(v.numpy(), [1 - 0.1 * 10 * 1, 1 - 0.1 * 10 * 2], rtol=1e-6)
