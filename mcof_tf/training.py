@@ -117,6 +117,40 @@ def count_records(pattern: str) -> int:
     return sum(1 for f in tf.io.gfile.glob(pattern) for _ in tf.data.TFRecordDataset(f))
 
 
+def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size: int) -> tf.data.Dataset:
+    """The training input of `network`: augmented batches as (inputs, targets)."""
+    from mcof_tf.data.pipeline import dataset_from_config
+
+    net = NETWORKS[network]
+    ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=batch_size,
+                             seed=cfg.experiment.seed)
+    ds = ds.map(lambda b: net.batch(b, num_classes, cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
+                     strategy: tf.distribute.Strategy) -> keras.Model:
+    """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics."""
+    net = NETWORKS[network]
+    stage = getattr(cfg.train, network)
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.experiment.seed)
+    with strategy.scope():
+        model = net.build(num_classes, cfg)
+        classifier = model.get_layer(net.classifier)
+        mult = cfg.train.classifier_lr_mult
+        schedule = keras.optimizers.schedules.PolynomialDecay(
+            stage.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0,
+            power=cfg.train.poly_power)
+        optimizer = SGDWithMultipliers(
+            {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
+            learning_rate=schedule, momentum=cfg.train.momentum)
+        model.compile(optimizer=optimizer, loss=net.loss(), metrics=net.metrics(num_classes),
+                      jit_compile=cfg.train.jit_compile)
+    return model
+
+
 def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
           strategy: Optional[tf.distribute.Strategy] = None, epochs: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -126,36 +160,14 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
     saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
     """
-    from mcof_tf.data.pipeline import dataset_from_config
-
-    net = NETWORKS[network]
     stage = getattr(cfg.train, network)
     epochs = epochs or stage.epochs
     if not steps_per_epoch:
         steps_per_epoch = cfg.train.steps_per_epoch or max(count_records(records) // stage.batch_size, 1)
     strategy = strategy or make_strategy(cfg.train.devices)
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_dtype_policy("mixed_float16")
-    keras.utils.set_random_seed(cfg.experiment.seed)
     os.makedirs(out_dir, exist_ok=True)
-
-    ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=stage.batch_size,
-                             seed=cfg.experiment.seed)
-    ds = ds.map(lambda b: net.batch(b, num_classes, cfg), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-
-    with strategy.scope():
-        model = net.build(num_classes, cfg)
-        classifier = model.get_layer(net.classifier)
-        mult = cfg.train.classifier_lr_mult
-        schedule = keras.optimizers.schedules.PolynomialDecay(
-            stage.learning_rate, decay_steps=epochs * steps_per_epoch, end_learning_rate=0.0,
-            power=cfg.train.poly_power)
-        optimizer = SGDWithMultipliers(
-            {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
-            learning_rate=schedule, momentum=cfg.train.momentum)
-        model.compile(optimizer=optimizer, loss=net.loss(), metrics=net.metrics(num_classes))
-
+    ds = input_dataset(network, records, cfg, num_classes, stage.batch_size)
+    model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
