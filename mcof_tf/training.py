@@ -146,8 +146,8 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
         optimizer = SGDWithMultipliers(
             {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
             learning_rate=schedule, momentum=cfg.train.momentum)
-        model.compile(optimizer=optimizer, loss=net.loss(), metrics=net.metrics(num_classes),
-                      jit_compile=cfg.train.jit_compile)
+        jit = cfg.train.jit_compile and all(layer.supports_jit for layer in model._flatten_layers())
+        model.compile(optimizer=optimizer, loss=net.loss(), metrics=net.metrics(num_classes), jit_compile=jit)
     return model
 
 

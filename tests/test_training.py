@@ -78,6 +78,14 @@ def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
     assert os.path.exists(tmp_path / training.MODEL_FILE)
 
 
+def test_xla_is_used_where_every_layer_supports_it(tiny_cfg):
+    tiny_cfg.train.jit_compile = True
+    tiny_cfg.model.max_regions, tiny_cfg.model.region_fc = 8, 8
+    strategy = training.make_strategy(["/cpu:0"])
+    assert training.compiled_network("pixelnet", tiny_cfg, 4, 10, strategy).jit_compile is True
+    assert training.compiled_network("regionnet", tiny_cfg, 4, 10, strategy).jit_compile is False
+
+
 def test_sgd_multipliers_scale_the_step():
     v = keras.Variable(np.ones(2, np.float32), name="k")
     opt = training.SGDWithMultipliers({v.path: 10.0}, learning_rate=0.1)

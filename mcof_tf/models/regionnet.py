@@ -34,6 +34,7 @@ class MaskedRoIPooling(layers.Layer):
 
     def __init__(self, pool_size: int = 7, max_regions: int = 256, sampling_ratio: int = 2, **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # tf.image.crop_and_resize has no XLA kernel
         self.pool_size = int(pool_size)
         self.max_regions = int(max_regions)
         self.sampling_ratio = int(sampling_ratio)
