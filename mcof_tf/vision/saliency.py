@@ -15,21 +15,12 @@ from scipy.sparse.csgraph import shortest_path
 from skimage.color import rgb2lab
 from skimage.segmentation import slic
 
+from mcof_tf.vision.superpixels import adjacent_pairs
+
 SIGMA_CLR = 10.0  # Lab distance scale
 SIGMA_BNDCON = 1.0
 SIGMA_SPA = 0.25  # in units of the image's longer side
 MU = 0.1  # smoothness floor between neighbours
-
-
-def _region_graph(seg: np.ndarray, n: int) -> np.ndarray:
-    """Unique (i, j), i < j, pairs of 4-adjacent regions."""
-    pairs = np.concatenate([
-        np.stack([seg[:, :-1].ravel(), seg[:, 1:].ravel()], 1),
-        np.stack([seg[:-1, :].ravel(), seg[1:, :].ravel()], 1),
-    ])
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    pairs = np.sort(pairs, 1)
-    return np.unique(pairs, axis=0)
 
 
 def robust_background_saliency(image: np.ndarray, n_segments: int = 200) -> np.ndarray:
@@ -50,7 +41,7 @@ def robust_background_saliency(image: np.ndarray, n_segments: int = 200) -> np.n
     if n < 3:
         return np.zeros((h, w), np.uint8)
 
-    edges = _region_graph(seg, n)
+    edges = adjacent_pairs(seg)
     d_app_edge = np.linalg.norm(colour[edges[:, 0]] - colour[edges[:, 1]], axis=1)
     border = np.unique(np.concatenate([seg[0], seg[-1], seg[:, 0], seg[:, -1]]))
     # Border regions are linked to each other at no cost: the border acts as one background node.

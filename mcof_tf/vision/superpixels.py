@@ -36,3 +36,22 @@ def relabel_raster(seg: np.ndarray) -> np.ndarray:
     lut[order] = np.arange(order.size, dtype=np.int32)
     _, inverse = np.unique(flat, return_inverse=True)
     return lut[inverse].reshape(seg.shape)
+
+
+def adjacent_pairs(seg: np.ndarray) -> np.ndarray:
+    """Unique (i, j), i < j, pairs of 4-adjacent labels of a label map; shape (E, 2)."""
+    pairs = np.concatenate([
+        np.stack([seg[:, :-1].ravel(), seg[:, 1:].ravel()], 1),
+        np.stack([seg[:-1, :].ravel(), seg[1:, :].ravel()], 1),
+    ])
+    pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], 1)
+    return np.unique(pairs, axis=0)
+
+
+def region_means(maps: np.ndarray, seg: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Mean of each channel of `maps` (H×W×K) inside each region of `seg` (ids 0..n-1) → (n, K)."""
+    n = int(seg.max()) + 1 if n is None else n
+    flat = seg.ravel()
+    count = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
+    m = maps.reshape(len(flat), -1)
+    return np.stack([np.bincount(flat, m[:, k], n) for k in range(m.shape[1])], 1) / count[:, None]

@@ -1,0 +1,57 @@
+"""Saliency-guided refinement (§4.3, eq. 2), used at iteration 1 on single-tag images only.
+
+    p(obj | v) = p(obj) p(v|obj) / (p(obj) p(v|obj) + p(bg) p(v|bg))
+
+p(obj) is the saliency map, p(bg) = 1 - p(obj); p(v|obj) and p(v|bg) are colour histograms (RGB,
+`bins`³ cells, lightly smoothed) of the RegionNet object region and of the background region: the
+pixels that are neither in the object region nor salient (both cues agree), or, when there is no such
+pixel, everything outside the object region. Taking "everything else" as background would put the
+object's still-missing parts into p(v|bg), which are exactly the parts refinement must recover. The
+posterior is binarised with a dense CRF; the refined region is the CRF's object plus the RegionNet
+region it supplements.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mcof_tf.vision.crf import dense_crf
+
+
+def colour_likelihoods(image: np.ndarray, object_mask: np.ndarray, background_mask: np.ndarray | None = None,
+                       bins: int = 8, alpha: float = 0.1):
+    """(p(v|obj), p(v|bg)) per pixel from colour histograms of the object and background regions
+    (background: everything outside the object when not given)."""
+    q = (image.astype(np.int64) * bins // 256)
+    cell = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    n = bins ** 3
+    background_mask = ~object_mask if background_mask is None else background_mask
+    h_obj = np.bincount(cell[object_mask], minlength=n) + alpha
+    h_bg = np.bincount(cell[background_mask], minlength=n) + alpha
+    return (h_obj / h_obj.sum())[cell], (h_bg / h_bg.sum())[cell]
+
+
+def object_posterior(saliency: np.ndarray, p_v_obj: np.ndarray, p_v_bg: np.ndarray) -> np.ndarray:
+    """Eq. 2 with p(obj) = saliency in [0, 1]."""
+    num = saliency * p_v_obj
+    return num / np.maximum(num + (1.0 - saliency) * p_v_bg, 1e-12)
+
+
+def refine_single_tag(image: np.ndarray, saliency: np.ndarray, region_labels: np.ndarray, tag: int,
+                      use_crf: bool = True) -> np.ndarray:
+    """Refined pixel labels (uint8: `tag` or 0) of a single-tag image.
+
+    image H×W×3 uint8; saliency H×W uint8; region_labels H×W (RegionNet's labels, tags enforced).
+    An image whose RegionNet region is empty has nothing to learn colours from and is returned as is.
+    """
+    obj = region_labels == tag
+    if not obj.any() or obj.all():
+        return region_labels.astype(np.uint8)
+    sal = saliency.astype(np.float64) / 255.0
+    background = ~obj & (sal < 0.5)
+    p_obj, p_bg = colour_likelihoods(image, obj, background if background.any() else ~obj)
+    post = object_posterior(sal, p_obj, p_bg)
+    if use_crf:
+        fg = dense_crf(image, np.stack([1.0 - post, post]).astype(np.float32)).argmax(0) == 1
+    else:
+        fg = post > 0.5
+    return np.where(fg | obj, tag, 0).astype(np.uint8)

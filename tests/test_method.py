@@ -1,0 +1,81 @@
+"""The method's pure functions on small hand-made arrays whose right answer can be seen."""
+import numpy as np
+
+from mcof_tf.method.labels import drop_absent_classes, majority, paint
+from mcof_tf.method.refine import colour_likelihoods, object_posterior, refine_single_tag
+from mcof_tf.method.seeds import cam_seeds, local_maxima
+from mcof_tf.vision.crf import dense_crf
+
+# 8x8 image cut into four 4x4 superpixels: 0 1 / 2 3
+SP = np.zeros((8, 8), np.int32)
+SP[:4, 4:], SP[4:, :4], SP[4:, 4:] = 1, 2, 3
+
+
+def test_local_maxima_on_a_chain():
+    pairs = np.array([[0, 1], [1, 2], [2, 3]])
+    assert local_maxima(np.array([0.1, 0.5, 0.2, 0.3]), pairs).tolist() == [False, True, False, True]
+
+
+def test_cam_seeds_threshold_conflict_background_and_untagged():
+    cams = np.zeros((8, 8, 3), np.float32)
+    cams[SP == 0, 0] = 0.9  # class 1 strong in region 0
+    cams[SP == 1, 0] = 0.6  # class 1 above threshold in region 1 ...
+    cams[SP == 1, 1] = 0.7  # ... but class 2 is stronger there
+    cams[SP == 2, 2] = 0.95  # class 3 is not tagged: never a seed
+    cams[SP == 3, 0] = 0.3  # weak everywhere: neither seed nor background
+    got = cam_seeds(cams, SP, tags=[1, 2], fg_threshold=0.5, bg_threshold=0.1, peak_min=0.95)
+    assert got.tolist() == [1, 2, 0, 255]
+
+
+def test_cam_seeds_local_maximum_below_threshold():
+    cams = np.zeros((8, 8, 1), np.float32)
+    cams[SP == 0, 0], cams[SP == 1, 0], cams[SP == 2, 0], cams[SP == 3, 0] = 0.4, 0.2, 0.05, 0.2
+    got = cam_seeds(cams, SP, tags=[1], fg_threshold=0.5, bg_threshold=0.1, peak_min=0.3)
+    assert got.tolist() == [1, 255, 0, 255]  # region 0 is the peak; region 2 is background
+
+
+def test_drop_absent_classes_and_paint_and_majority():
+    labels = np.array([[0, 1, 2], [3, 255, 2]], np.uint8)
+    assert drop_absent_classes(labels, [2]).tolist() == [[0, 0, 2], [0, 255, 2]]
+    sp = np.array([[0, 0, 1], [1, -1, 2]])
+    assert paint(np.array([4, 5, 255]), sp).tolist() == [[4, 4, 5], [5, 255, 255]]
+    pix = np.array([[1, 1, 2], [2, 0, 255]], np.uint8)
+    assert majority(pix, sp, 3).tolist() == [1, 2, 255]
+
+
+def test_colour_likelihoods_and_posterior():
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2] = (250, 10, 10)  # red top half
+    obj = np.zeros((4, 4), bool)
+    obj[0] = True  # RegionNet found only the first red row
+    p_obj, p_bg = colour_likelihoods(img, obj, bins=2, alpha=0.0)  # background: all but the object
+    assert p_obj[1, 0] == 1.0  # all object pixels are red
+    assert abs(p_bg[1, 0] - 4 / 12) < 1e-9 and abs(p_bg[3, 0] - 8 / 12) < 1e-9
+    sal = np.full((4, 4), 0.5)
+    post = object_posterior(sal, p_obj, p_bg)
+    assert post[1, 0] > 0.7 and post[3, 0] == 0.0  # the second red row joins; black rows do not
+
+
+def test_refinement_supplements_a_partial_region():
+    img = np.full((16, 16, 3), 20, np.uint8)
+    img[4:12, 4:12] = (220, 60, 40)  # the object: an 8x8 square
+    sal = np.zeros((16, 16), np.uint8)
+    sal[3:13, 3:13] = 200  # a saliency map slightly too big
+    region = np.zeros((16, 16), np.uint8)
+    region[4:7, 4:7] = 5  # RegionNet found a corner only
+    out = refine_single_tag(img, sal, region, 5)
+    truth = np.zeros((16, 16), bool)
+    truth[4:12, 4:12] = True
+    assert ((out == 5) == truth).mean() > 0.95 and (out[region == 5] == 5).all()
+    assert set(np.unique(out)) == {0, 5}
+    assert (refine_single_tag(img, sal, np.zeros((16, 16), np.uint8), 5) == 0).all()  # nothing to learn from
+
+
+def test_dense_crf_cleans_a_noisy_map():
+    img = np.zeros((12, 12, 3), np.uint8)
+    img[:, 6:] = 255
+    p = np.where(np.arange(12)[None, :] >= 6, 0.8, 0.2) * np.ones((12, 1))
+    p[3, 2], p[8, 9] = 0.7, 0.3  # two wrong pixels
+    q = dense_crf(img, np.stack([1 - p, p]).astype(np.float32))
+    assert q.shape == (2, 12, 12) and np.allclose(q.sum(0), 1, atol=1e-4)
+    assert (q.argmax(0) == (np.arange(12)[None, :] >= 6)).all()
