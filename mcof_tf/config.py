@@ -78,6 +78,14 @@ class SaliencyConfig:
 
 
 @dataclass
+class SeedsConfig:
+    """CAM → initial seeds (§4.1); CAMs are normalised to [0, 1] per class."""
+    fg_threshold: float = 0.5  # a superpixel scoring above this seeds its class
+    bg_threshold: float = 0.1  # every tagged class below this: background
+    peak_min: float = 0.3  # a local-maximum superpixel seeds only above this
+
+
+@dataclass
 class RecordsConfig:
     num_shards: int = 4
 
@@ -140,6 +148,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -154,7 +155,7 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
 def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
           strategy: Optional[tf.distribute.Strategy] = None, epochs: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-          verbose="auto") -> keras.Model:
+          verbose=None) -> keras.Model:
     """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records`.
 
     Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
@@ -175,6 +176,8 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     ]
     print(f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
           f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters", flush=True)
+    if verbose is None:  # a live bar on a terminal, one line per epoch in logs
+        verbose = 1 if sys.stdout.isatty() else 2
     model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
               shuffle=False)  # the tf.data pipeline shuffles (seeded)
     save_model(model, os.path.join(out_dir, MODEL_FILE))

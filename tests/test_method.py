@@ -79,3 +79,10 @@ def test_dense_crf_cleans_a_noisy_map():
     q = dense_crf(img, np.stack([1 - p, p]).astype(np.float32))
     assert q.shape == (2, 12, 12) and np.allclose(q.sum(0), 1, atol=1e-4)
     assert (q.argmax(0) == (np.arange(12)[None, :] >= 6)).all()
+
+
+def test_dense_crf_accepts_read_only_images():
+    img = np.zeros((6, 6, 3), np.uint8)
+    img.setflags(write=False)  # as np.asarray(PIL image) returns
+    p = np.full((6, 6), 0.9)
+    assert dense_crf(img, np.stack([1 - p, p]).astype(np.float32)).argmax(0).all()

@@ -21,7 +21,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = 10, gaussi
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probs, 1e-5, 1.0).astype(np.float32))))
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image, np.uint8),
+    # pydensecrf takes writable C-contiguous buffers only (decoded images are often read-only views)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.array(image, np.uint8, order="C"),
                              compat=bilateral_compat)
     q = crf.inference(iterations)
     return np.asarray(q, np.float32).reshape(k, h, w)

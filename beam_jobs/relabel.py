@@ -1,0 +1,315 @@
+"""Beam job: records + a trained model → the same records with the next stage's labels.
+
+    python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
+                                --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
+                                [Beam options]
+
+Stages (the rule applied to each image's prediction):
+  cam          CAM → per-superpixel seeds (§4.1)
+  regionnet    RegionNet → one label per superpixel, untagged classes → background (§4.2);
+               with --refine, single-tag images get saliency-guided refinement + CRF (§4.3)
+  pixelnet     PixelNet → a pixel mask at image resolution, untagged classes → background (§5);
+               --no-tags skips the tag rule (validation: tags are not known at test time)
+  groundtruth  no model: the ground truth becomes the labels (the fully-supervised upper bound)
+
+The model (`DIR/model.keras` or a `.keras` path) is loaded once per worker in `setup()`. Where records
+carry ground truth, the job also sums confusion matrices of what it produced (and, with --refine, of the
+unrefined RegionNet labels), reported in `OUT/manifest.json` under "metrics". As every job of the
+project: rejected records go to `OUT/rejected.jsonl` and read == written + rejected.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from beam_jobs import common
+
+STAGES = ("cam", "regionnet", "pixelnet", "groundtruth")
+CONFUSION = "confusion"
+PREFIX = "records"
+
+
+class RelabelFn(beam.DoFn):
+    """Serialized example → serialized example with new labels (+ confusion matrices on a side output)."""
+
+    def __init__(self, model_path: Optional[str], stage: str, num_classes: int, mean_rgb: Sequence[float],
+                 max_regions: int, seed_params: dict, iteration: int, refine: bool, use_tags: bool):
+        self.model_path = model_path
+        self.stage = stage
+        self.num_classes = num_classes
+        self.mean_rgb = list(mean_rgb)
+        self.max_regions = max_regions
+        self.seed_params = dict(seed_params)
+        self.iteration = iteration
+        self.refine = refine
+        self.use_tags = use_tags
+        self.written = Metrics.counter("relabel", "written")
+        self.rejected = Metrics.counter("relabel", "rejected")
+
+    def setup(self):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # one worker process per core; see beam_jobs.preprocess
+        self.count = 0
+        self.model = None
+        if self.stage == "groundtruth":
+            return
+        import tensorflow as tf
+
+        from mcof_tf import training
+
+        model = training.load_model(self.model_path)
+        if self.stage == "cam":
+            from mcof_tf.models.cam import CLASSIFIER, cam_extractor
+
+            self.extractor = cam_extractor(model)
+            self.kernel = model.get_layer(CLASSIFIER).kernel
+        self.model = model
+        # one trace for every image size
+        self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def process(self, serialized: bytes):
+        from mcof_tf.data import records
+
+        rec_id = "?"
+        try:
+            rec = records.parse_example(serialized)
+            rec_id = rec.id
+            out, produced = self._relabel(rec)
+            yield records.encode(out)
+            self.written.inc()
+            if rec.groundtruth is not None:
+                from mcof_tf.evaluate import confusion
+
+                for name, labels in produced.items():
+                    yield beam.pvalue.TaggedOutput(CONFUSION, (name, confusion(rec.groundtruth, labels, self.num_classes)))
+        except Exception as e:  # noqa: BLE001 - counted and reported, never silently dropped
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(rec_id, f"{type(e).__name__}: {e}"))
+        self.count += 1
+        if self.count % 50 == 0:
+            print(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images",
+                  file=sys.stderr, flush=True)
+
+    def _image(self, rec):
+        return (rec.image.astype(np.float32) - np.asarray(self.mean_rgb, np.float32))[None]
+
+    def _relabel(self, rec):
+        """→ (new Record, {name: pixel labels to evaluate})."""
+        from mcof_tf.method.labels import drop_absent_classes, paint
+
+        tags = rec.tag_indices
+        rec.labels, rec.superpixel_labels = None, None
+        rec.label_iteration = self.iteration
+        if self.stage == "groundtruth":
+            if rec.groundtruth is None:
+                raise ValueError("no ground truth to copy")
+            rec.labels, rec.label_stage = rec.groundtruth, "groundtruth"
+            return rec, {}
+        if self.stage == "cam":
+            from mcof_tf.method.seeds import cam_seeds
+            from mcof_tf.models.cam import class_activation_maps
+
+            cams = np.asarray(class_activation_maps(self.extractor, self.kernel, self._image(rec)))[0]
+            rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **self.seed_params)
+            rec.label_stage = "seeds"
+            return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
+        if self.stage == "regionnet":
+            region = self._region_labels(rec)
+            if self.use_tags:
+                region = drop_absent_classes(region.astype(np.uint8), tags).astype(np.int64)
+            pixels = paint(region, rec.superpixels)
+            produced = {"regionnet": pixels}
+            if self.refine and len(tags) == 1:
+                from mcof_tf.method.refine import refine_single_tag
+
+                rec.labels = refine_single_tag(rec.image, rec.saliency, pixels, tags[0])
+                rec.label_stage = "refined"
+            else:
+                rec.superpixel_labels, rec.label_stage = region, "regionnet"
+            if self.refine:
+                produced["refined"] = rec.labels if rec.labels is not None else pixels
+            return rec, produced
+        # pixelnet
+        import tensorflow as tf
+
+        logits = self.forward(tf.constant(self._image(rec)))
+        logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
+        mask = np.asarray(tf.argmax(logits[0], axis=-1), np.uint8)
+        if self.use_tags:
+            mask = drop_absent_classes(mask, tags)
+        rec.labels, rec.label_stage = mask, "pixelnet"
+        return rec, {"pixelnet": mask}
+
+    def _region_labels(self, rec) -> np.ndarray:
+        """RegionNet's class for every superpixel; images with more superpixels than the model's
+        `max_regions` are classified in chunks of ids."""
+        import tensorflow as tf
+
+        n = rec.num_superpixels
+        image = tf.constant(self._image(rec))
+        out = np.zeros(n, np.int64)
+        for start in range(0, n, self.max_regions):
+            sp = rec.superpixels - start
+            sp = np.where((sp >= 0) & (sp < self.max_regions), sp, -1).astype(np.int32)
+            logits = self.forward({"image": image, "superpixels": tf.constant(sp[None])})
+            stop = min(start + self.max_regions, n)
+            out[start:stop] = np.asarray(tf.argmax(logits[0], axis=-1))[: stop - start]
+        return out
+
+
+def _model_file(model: Optional[str]) -> Optional[str]:
+    if model is None:
+        return None
+    from mcof_tf.training import MODEL_FILE
+
+    path = model if model.endswith(".keras") else os.path.join(model, MODEL_FILE)
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"no trained model at {path}")
+    return path
+
+
+def _file_digest(path: str) -> str:
+    import tensorflow as tf
+
+    h = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+class _SumMatrices(beam.CombineFn):
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, m):
+        return m.copy() if acc is None else acc + m
+
+    def merge_accumulators(self, accs):
+        accs = [a for a in accs if a is not None]
+        return sum(accs[1:], accs[0].copy()) if accs else None
+
+    def extract_output(self, acc):
+        return acc
+
+
+def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_classes: int,
+        classes: Sequence[str], pipeline_options=None, iteration: int = 0, refine: bool = False,
+        use_tags: bool = True) -> dict:
+    """Run the job (or find it complete) and return its manifest."""
+    import tensorflow as tf
+
+    from mcof_tf.evaluate import metrics_entry
+
+    if stage not in STAGES:
+        raise ValueError(f"--stage must be one of {', '.join(STAGES)}")
+    if stage != "groundtruth" and model is None:
+        raise ValueError(f"--model is required for stage {stage}")
+    model_path = _model_file(model) if stage != "groundtruth" else None
+    files = sorted(tf.io.gfile.glob(records))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {records}")
+    fingerprint = common.fingerprint({
+        "job": "relabel", "files": files, "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
+        "model": _file_digest(model_path) if model_path else None, "stage": stage, "iteration": iteration,
+        "refine": refine, "use_tags": use_tags, "seeds": asdict(cfg.seeds), "num_classes": num_classes,
+    })
+    if common.is_complete(out_dir, fingerprint):
+        print(f"relabel {stage}: {out_dir} is complete already; nothing to do", flush=True)
+        return common.read_manifest(out_dir)
+    common.prepare_output(out_dir, PREFIX)
+    for path in tf.io.gfile.glob(common.join(out_dir, f"{CONFUSION}*")):
+        tf.io.gfile.remove(path)
+    read = common.count_records(records)
+    started = time.time()
+    print(f"relabel {stage}: {read} records from {records} → {out_dir}", flush=True)
+    fn = RelabelFn(model_path, stage, num_classes, cfg.input.mean_rgb, cfg.model.max_regions,
+                   asdict(cfg.seeds), iteration, refine, use_tags)
+
+    def build(p):
+        results = (p
+                   | "Read" >> beam.io.ReadFromTFRecord(records)
+                   | "Spread" >> beam.Reshuffle()
+                   | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, main="records"))
+        common.write_outputs(results.records, results[common.REJECTED], out_dir, PREFIX, cfg.records.num_shards)
+        (results[CONFUSION]
+         | "SumConfusions" >> beam.CombinePerKey(_SumMatrices())
+         | "ToJson" >> beam.MapTuple(lambda name, m: json.dumps({"name": name, "confusion": m.tolist()}))
+         | "WriteConfusions" >> beam.io.WriteToText(common.join(out_dir, CONFUSION), file_name_suffix=".jsonl",
+                                                    shard_name_template=""))
+
+    common.run_pipeline(pipeline_options, build)
+    metrics = {}
+    for path in tf.io.gfile.glob(common.join(out_dir, f"{CONFUSION}*.jsonl")):
+        with tf.io.gfile.GFile(path, "r") as f:
+            for line in f.read().splitlines():
+                row = json.loads(line)
+                metrics[row["name"]] = metrics_entry(np.asarray(row["confusion"]), classes)
+    manifest = common.finish(out_dir, PREFIX, read, fingerprint, started,
+                             {"stage": stage, "iteration": iteration, "refine": refine, "use_tags": use_tags,
+                              "classes": list(classes), "metrics": metrics})
+    summary = ", ".join(f"{k} mIoU {v['miou']:.2f}" for k, v in sorted(metrics.items()))
+    print(f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
+          f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else ""),
+          flush=True)
+    return manifest
+
+
+def main(argv=None) -> int:
+    from mcof_tf.config import ConfigError, load_config
+    from mcof_tf.data.voc import VOC_CLASSES
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", required=True, help="glob of input TFRecords")
+    parser.add_argument("--model", default=None, help="training folder (with model.keras) or a .keras file")
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--iteration", type=int, default=0)
+    parser.add_argument("--refine", action="store_true", help="saliency-guided refinement of single-tag images")
+    parser.add_argument("--no-tags", action="store_true", help="do not enforce image tags (validation)")
+    parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
+    args, options = common.split_args(parser, argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        classes = _classes(args.records, args.classes) or list(VOC_CLASSES)
+        run(args.records, args.model, args.stage, args.out, cfg, len(classes), classes, options,
+            args.iteration, args.refine, not args.no_tags)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _classes(records: str, classes_file: Optional[str]) -> Optional[list]:
+    """Class names: a classes.txt, else those recorded by the preprocess job that made the records."""
+    import tensorflow as tf
+
+    if classes_file:
+        from mcof_tf.data.voc import read_classes
+
+        return read_classes(classes_file)
+    for path in sorted(tf.io.gfile.glob(records))[:1]:
+        m = common.read_manifest(os.path.dirname(path))
+        if m and m.get("classes"):
+            return m["classes"]
+    return None
+
+
+if __name__ == "__main__":
+    from beam_jobs.relabel import main as _main  # picklable DoFn names (see beam_jobs.preprocess)
+
+    sys.exit(_main())

@@ -1,0 +1,152 @@
+"""Evaluation: confusion matrices, mIoU, and the run report (the paper's Table 3, Figs. 6 and 8).
+
+    python -m mcof_tf.evaluate --workdir runs/synthetic      recompute report.json / report.md / PNGs
+
+A prediction of 255 (a seed left unlabelled) counts as background; ground-truth 255 (void) is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+IGNORE_LABEL = 255
+
+
+def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """C×C counts, rows = ground truth, columns = prediction."""
+    valid = gt != IGNORE_LABEL
+    p = np.where(pred == IGNORE_LABEL, 0, pred)[valid].astype(np.int64)
+    g = gt[valid].astype(np.int64)
+    if g.size and (g.max() >= num_classes or p.max() >= num_classes):
+        raise ValueError(f"labels outside the {num_classes} classes")
+    return np.bincount(g * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def iou_per_class(conf: np.ndarray) -> np.ndarray:
+    """IoU of each class; NaN for a class absent from both ground truth and prediction."""
+    conf = np.asarray(conf, np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(conf: np.ndarray) -> float:
+    """mIoU in percent over the classes that occur (VOC convention), 0..100."""
+    iou = iou_per_class(conf)
+    return float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else 0.0
+
+
+def metrics_entry(conf: np.ndarray, classes: Sequence[str]) -> dict:
+    iou = iou_per_class(conf)
+    return {"miou": round(mean_iou(conf), 3),
+            "per_class": {c: (None if np.isnan(v) else round(float(v) * 100, 3)) for c, v in zip(classes, iou)}}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+STAGE_ORDER = ("seeds", "regionnet", "refined", "pixelnet")
+
+
+def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips: Optional[dict] = None,
+                 title: str = "") -> dict:
+    """report.json, report.md and the figures from rows of
+    {"iteration", "stage", "split", "miou", "per_class"}."""
+    report = {"title": title, "classes": list(classes), "stages": rows}
+    with open(os.path.join(workdir, "report.json.tmp"), "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(os.path.join(workdir, "report.json.tmp"), os.path.join(workdir, "report.json"))
+    _markdown(workdir, rows, classes, title)
+    _progress_figure(workdir, rows)
+    if strips:
+        _strip_figure(workdir, strips, classes)
+    return report
+
+
+def _markdown(workdir, rows, classes, title):
+    lines = [f"# {title or 'MCOF run report'}", "", "mIoU (%) of every stage, as the paper's Table 3.", "",
+             "| iteration | stage | split | mIoU |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | {r['miou']:.2f} |")
+    lines += ["", "Per-class IoU (%):", "",
+              "| iteration | stage | split | " + " | ".join(classes) + " |",
+              "|---|---|---|" + "---|" * len(classes)]
+    for r in rows:
+        vals = [("-" if r["per_class"].get(c) is None else f"{r['per_class'][c]:.1f}") for c in classes]
+        lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | " + " | ".join(vals) + " |")
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _progress_figure(workdir, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [r for r in rows if r["split"] == "train"]
+    xs = list(range(len(train)))
+    ax.plot(xs, [r["miou"] for r in train], "o-", label="train (every stage)")
+    ax.set_xticks(xs, [f"{r['iteration']}:{r['stage']}" for r in train], rotation=45, ha="right", fontsize=8)
+    val = [(i, r) for i, r in enumerate(train) if r["stage"] == "pixelnet"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    if val and len(val_rows) == len(val):
+        ax.plot([i for i, _ in val], [r["miou"] for r in val_rows], "s--", label="val (PixelNet)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("mIoU through the stages and iterations")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "miou_progress.png"), dpi=100)
+    plt.close(fig)
+
+
+def _strip_figure(workdir, strips, classes):
+    """strips: {"columns": [names], "rows": [[image, label maps...], ...]} → stages.png (Fig. 6 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mcof_tf.data.voc import voc_palette
+
+    pal = voc_palette()
+    cols, rows = strips["columns"], strips["rows"]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.6 * len(cols), 1.6 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, item in enumerate(row):
+            ax = axes[i][j]
+            ax.imshow(item if item.ndim == 3 else pal[item])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "stages.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    args = p.parse_args(argv)
+    from mcof_tf import loop
+
+    try:
+        report = loop.report(args.workdir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in report["stages"]:
+        print(f"iteration {r['iteration']} {r['stage']:9s} {r['split']:5s} mIoU {r['miou']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The MCOF loop (Algorithm 1 of the paper) as resumable stages under one workdir.
+
+    WORKDIR/config.json                 the config (and variant) the workdir belongs to
+    WORKDIR/records/{train,val}/        preprocess (Beam)
+    WORKDIR/cam/                        CAM training          → WORKDIR/seeds/      (Beam relabel)
+    WORKDIR/iter<t>/regionnet/          RegionNet training    → iter<t>/regions/   (Beam relabel [+ refinement])
+    WORKDIR/iter<t>/pixelnet/           PixelNet training     → iter<t>/masks/     (Beam relabel, train)
+                                                              → iter<t>/val/       (Beam relabel, val, no tags)
+    WORKDIR/report.{json,md}, miou_progress.png, stages.png
+
+Every stage marks its completion last (a training stage: `model.keras` renamed into place; a Beam
+stage: `manifest.json` with its fingerprint), so re-running the same command after a kill resumes at
+the first unfinished stage, and inside a training stage from its last epoch backup.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from beam_jobs import common, preprocess, relabel
+from mcof_tf import training
+from mcof_tf.data import ensure_dataset
+
+VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
+
+
+@dataclass
+class Run:
+    """One run's settings and where it writes."""
+    cfg: object
+    workdir: str
+    data_root: str
+    variant: str = "mcof"
+    beam_options: object = None
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+def preprocess_split(run: Run, split: str) -> tuple[str, dict]:
+    out = run.path("records", split)
+    manifest = preprocess.run(run.data_root, split, out, run.cfg, run.beam_options)
+    return os.path.join(out, "*.tfrecord"), manifest
+
+
+def train_network(run: Run, network: str, records: str, folder: str, num_classes: int) -> str:
+    """Train unless `folder/model.keras` exists; returns the folder."""
+    out = run.path(folder)
+    if os.path.exists(os.path.join(out, training.MODEL_FILE)):
+        print(f"{folder}: trained already", flush=True)
+        return out
+    training.train(network, records, out, run.cfg, num_classes)
+    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    return out
+
+
+def relabel_records(run: Run, stage: str, model: Optional[str], records: str, folder: str, classes: list,
+                    iteration: int, refine: bool = False, use_tags: bool = True) -> str:
+    out = run.path(folder)
+    relabel.run(records, model, stage, out, run.cfg, len(classes), classes, run.beam_options, iteration,
+                refine, use_tags)
+    return os.path.join(out, "*.tfrecord")
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+def mcof(run: Run, iterations: int) -> str:
+    """Algorithm 1. Returns the folder of the last PixelNet."""
+    train_records, manifest = preprocess_split(run, run.cfg.data.train_split)
+    val_records, _ = preprocess_split(run, run.cfg.data.val_split)
+    classes = manifest["classes"]
+    C = len(classes)
+
+    if run.variant == "fully_supervised":  # the upper bound: PixelNet on ground-truth masks
+        gt = relabel_records(run, "groundtruth", None, train_records, "groundtruth", classes, 0)
+        pixelnet = train_network(run, "pixelnet", gt, "iter1/pixelnet", C)
+        relabel_records(run, "pixelnet", pixelnet, val_records, "iter1/val", classes, 1, use_tags=False)
+        return pixelnet
+
+    # Initialize: initial object seeds S from CAM (§4.1)
+    cam = train_network(run, "cam", train_records, "cam", C)
+    seeds = relabel_records(run, "cam", cam, train_records, "seeds", classes, 0)
+    pixelnet = None
+    for t in range(iterations):                        # 1: while iteration is effective
+        it = f"iter{t + 1}"
+        if run.variant == "direct_iterative" and t > 0:
+            regions = seeds                             # baseline: PixelNet retrained on its own masks
+        else:
+            # 2: train RegionNet with R and S;  3: predict object regions O
+            regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C)
+            refine = t == 0 and run.variant != "no_saliency"
+            # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O
+            regions = relabel_records(run, "regionnet", regionnet, seeds, f"{it}/regions", classes, t + 1,
+                                      refine=refine)
+        pixelnet = train_network(run, "pixelnet", regions, f"{it}/pixelnet", C)     # 9: train PixelNet with O^R
+        seeds = relabel_records(run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1)  # 10-11: S <- M
+        relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
+    return pixelnet
+
+
+# ------------------------------------------------------------------------------------------- report
+
+def _metric_rows(workdir: str) -> list[dict]:
+    rows = []
+
+    def add(folder, name, stage, split, iteration):
+        m = common.read_manifest(os.path.join(workdir, folder))
+        if m and name in m.get("metrics", {}):
+            rows.append({"iteration": iteration, "stage": stage, "split": split, **m["metrics"][name]})
+
+    add("seeds", "seeds", "seeds", "train", 0)
+    t = 1
+    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
+        add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
+        add(f"iter{t}/regions", "refined", "refined", "train", t)
+        add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
+        add(f"iter{t}/val", "pixelnet", "pixelnet", "val", t)
+        t += 1
+    return rows
+
+
+def _strips(workdir: str, n: int = 4) -> Optional[dict]:
+    """The first `n` training images through the stages, next to the ground truth (Fig. 6)."""
+    from mcof_tf.data import records
+
+    folders = [("seeds", "seeds")]
+    t = 1
+    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
+        folders += [(f"iter{t}/regions", f"it{t} regions"), (f"iter{t}/masks", f"it{t} PixelNet")]
+        t += 1
+    folders = [(f, name) for f, name in folders if common.read_manifest(os.path.join(workdir, f))]
+    if not folders:
+        return None
+    by_stage = {}
+    for f, _ in folders:
+        by_stage[f] = {r.id: r for r in records.read_records(os.path.join(workdir, f, "*.tfrecord"))}
+    ids = sorted(by_stage[folders[0][0]])[:n]
+    rows = []
+    from mcof_tf.method.labels import paint
+
+    for i in ids:
+        first = by_stage[folders[0][0]][i]
+        if first.groundtruth is None:
+            return None
+        row = [first.image]
+        for f, _ in folders:
+            r = by_stage[f].get(i)
+            lab = r.labels if r is not None and r.labels is not None else (
+                paint(r.superpixel_labels, r.superpixels) if r is not None else np.full(first.superpixels.shape, 255, np.uint8))
+            row.append(lab)
+        row.append(first.groundtruth)
+        rows.append(row)
+    return {"columns": ["image"] + [name for _, name in folders] + ["ground truth"], "rows": rows}
+
+
+def report(workdir: str) -> dict:
+    """(Re)compute report.json, report.md and the figures of a workdir from its stages' manifests."""
+    from mcof_tf.evaluate import write_report
+
+    info_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f"{workdir} is not an mcof_tf workdir (no config.json)")
+    with open(info_path) as f:
+        info = json.load(f)
+    manifest = common.read_manifest(os.path.join(workdir, "records", info["config"]["data"]["train_split"]))
+    classes = manifest["classes"] if manifest else []
+    rows = _metric_rows(workdir)
+    return write_report(workdir, rows, classes, _strips(workdir), title=f"{info['config']['experiment']['name']} "
+                        f"({info['variant']})")
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+def claim_workdir(run: Run) -> None:
+    """Record which config and variant own the workdir; refuse to mix runs of different ones."""
+    os.makedirs(run.workdir, exist_ok=True)
+    path = run.path("config.json")
+    mine = {"config": run.cfg.to_dict(), "variant": run.variant, "data_root": os.path.abspath(run.data_root)}
+    # training-loop length and devices may change between a run and its resumption
+    comparable = lambda d: json.dumps({**d, "config": {k: v for k, v in d["config"].items() if k != "experiment"}},  # noqa: E731
+                                      sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        if comparable(theirs) != comparable(mine):
+            raise ValueError(f"{run.workdir} was made by a different config, variant or dataset; use another "
+                             "--workdir (or delete it) rather than mixing runs")
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump(mine, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def export_final(run: Run, pixelnet: str, classes: list) -> str:
+    """Export the last PixelNet once per workdir to saved_models/<name>/<version>/ (TF Serving layout)."""
+    from mcof_tf.export import export_saved_model
+
+    marker = run.path("export.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            return json.load(f)["path"]
+    name = run.cfg.experiment.name + ("" if run.variant == "mcof" else f"-{run.variant}")
+    path = export_saved_model(os.path.join(pixelnet, training.MODEL_FILE), os.path.join("saved_models", name),
+                              classes, run.cfg.input.mean_rgb)
+    with open(marker + ".tmp", "w") as f:
+        json.dump({"path": path}, f)
+    os.replace(marker + ".tmp", marker)
+    return path
+
+
+def run_all(cfg, iterations: int, workdir: Optional[str] = None, data_root: Optional[str] = None,
+            variant: str = "mcof", beam_options=None, export: bool = True) -> dict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant}")
+    workdir = workdir or (cfg.experiment.workdir + ("" if variant == "mcof" else f"-{variant}"))
+    root = ensure_dataset(cfg.data, data_root)
+    run = Run(cfg, workdir, root, variant, beam_options)
+    claim_workdir(run)
+    pixelnet = mcof(run, iterations)
+    rep = report(workdir)
+    if export:
+        classes = common.read_manifest(run.path("records", cfg.data.train_split))["classes"]
+        rep["export"] = export_final(run, pixelnet, classes)
+    return rep
