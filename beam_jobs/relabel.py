@@ -72,8 +72,10 @@ class RelabelFn(beam.DoFn):
         if self.stage == "cam":
             from mcof_tf.models.cam import CLASSIFIER, cam_extractor
 
-            self.extractor = cam_extractor(model)
-            self.kernel = model.get_layer(CLASSIFIER).kernel
+            from mcof_tf.models.cam import class_activation_maps
+
+            extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
+            self.cams = tf.function(lambda x: class_activation_maps(extractor, kernel, x), reduce_retracing=True)
         self.model = model
         # one trace for every image size
         self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -118,9 +120,8 @@ class RelabelFn(beam.DoFn):
             return rec, {}
         if self.stage == "cam":
             from mcof_tf.method.seeds import cam_seeds
-            from mcof_tf.models.cam import class_activation_maps
 
-            cams = np.asarray(class_activation_maps(self.extractor, self.kernel, self._image(rec)))[0]
+            cams = np.asarray(self.cams(self._image(rec)))[0]
             rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **self.seed_params)
             rec.label_stage = "seeds"
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}

@@ -95,7 +95,7 @@ def forward_flops(model, height: int, width: int) -> float:
     import keras
 
     layers = [l for l in model._flatten_layers(include_self=False) if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
-    probe = keras.Model(model.inputs, [l.output for l in layers])
+    probe = keras.Model(model.input, [l.output for l in layers])
     outs = probe(np.zeros((1, height, width, 3), np.float32), training=False)
     total = 0.0
     for layer, out in zip(layers, outs):

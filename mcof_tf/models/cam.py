@@ -7,6 +7,7 @@ average is class c's logit (minus the bias); `class_activation_maps` computes it
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from mcof_tf.models.backbones import _regularizer, backbone_features, load_backbone_weights
@@ -32,7 +33,7 @@ def build_cam(num_classes: int, backbone: str = "vgg16", width: float = 1.0, wei
 
 def cam_extractor(model: keras.Model) -> keras.Model:
     """A model from images to (features at stride 8, logits) sharing `model`'s weights."""
-    return keras.Model(model.inputs, [model.get_layer(FEATURES).output, model.output])
+    return keras.Model(model.input, [model.get_layer(FEATURES).output, model.output])
 
 
 def class_activation_maps(extractor: keras.Model, classifier_kernel, images):
@@ -44,5 +45,6 @@ def class_activation_maps(extractor: keras.Model, classifier_kernel, images):
     cams = ops.relu(ops.einsum("bhwk,kc->bhwc", features, classifier_kernel))
     peak = ops.max(cams, axis=(1, 2), keepdims=True)
     cams = cams / ops.maximum(peak, 1e-5)
-    size = ops.shape(images)[1:3]
-    return ops.image.resize(cams, size, interpolation="bilinear")
+    # tf.image.resize takes a dynamic size; keras.ops.image.resize needs static ints, which fails
+    # inside a tf.function traced for any image size (as the relabel job uses it)
+    return tf.image.resize(cams, tf.shape(images)[1:3], method="bilinear")

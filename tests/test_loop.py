@@ -1,0 +1,87 @@
+"""The MCOF loop end to end on the tiny benchmark: stages, report, export, resume, refusal to mix."""
+import json
+import os
+
+import pytest
+
+from mcof_tf import loop
+from mcof_tf.config import load_config
+
+TINY_RUN = [
+    "superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=1", "input.crop_size=48",
+    "model.width=0.125", "model.max_regions=64", "model.region_fc=16",
+    "train.cam.epochs=1", "train.regionnet.epochs=1", "train.pixelnet.epochs=1",
+    "train.cam.batch_size=4", "train.regionnet.batch_size=4", "train.pixelnet.batch_size=4",
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_root, tmp_path_factory):
+    """One tiny MCOF run with 2 iterations, shared by the tests below."""
+    base = tmp_path_factory.mktemp("run")
+    cwd = os.getcwd()
+    os.chdir(base)  # exports land in ./saved_models
+    try:
+        cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny"])
+        rep = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
+        yield cfg, base, rep
+    finally:
+        os.chdir(cwd)
+
+
+def test_report_has_every_stage_of_table_3(finished):
+    cfg, base, rep = finished
+    got = [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
+    assert got == [(0, "seeds", "train"),
+                   (1, "regionnet", "train"), (1, "refined", "train"), (1, "pixelnet", "train"), (1, "pixelnet", "val"),
+                   (2, "regionnet", "train"), (2, "pixelnet", "train"), (2, "pixelnet", "val")]
+    for r in rep["stages"]:
+        assert 0 <= r["miou"] <= 100 and set(r["per_class"]) == set(rep["classes"])
+    work = base / "work"
+    on_disk = json.load(open(work / "report.json"))
+    assert on_disk["stages"] == rep["stages"]
+    assert "| 2 | pixelnet | val |" in (work / "report.md").read_text()
+    assert (work / "miou_progress.png").stat().st_size > 0 and (work / "stages.png").stat().st_size > 0
+
+
+def test_final_pixelnet_is_exported_in_tf_serving_layout(finished):
+    cfg, base, rep = finished
+    export = rep["export"]
+    assert export.endswith(os.path.join("saved_models", "tiny", "1"))
+    assert os.path.exists(os.path.join(base, export, "saved_model.pb"))
+
+
+def test_rerun_resumes_without_redoing_anything(finished, tiny_root, capsys):
+    cfg, base, rep = finished
+    stamps = {p: os.path.getmtime(base / "work" / p) for p in ("cam/model.keras", "iter2/pixelnet/model.keras",
+                                                               "iter2/val/manifest.json")}
+    again = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
+    out = capsys.readouterr().out
+    assert "trained already" in out and "complete already" in out and "train cam:" not in out
+    assert again["stages"] == rep["stages"] and again["export"] == rep["export"]
+    assert stamps == {p: os.path.getmtime(base / "work" / p) for p in stamps}
+
+
+def test_a_workdir_made_by_another_config_is_refused(finished, tiny_root):
+    cfg, base, rep = finished
+    other = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", "seeds.fg_threshold=0.7"])
+    with pytest.raises(ValueError, match="different config"):
+        loop.run_all(other, 2, str(base / "work"), tiny_root)
+
+
+def test_evaluate_cli_recomputes_the_report(finished, capsys):
+    from mcof_tf import evaluate
+
+    cfg, base, rep = finished
+    os.remove(base / "work" / "report.json")
+    assert evaluate.main(["--workdir", str(base / "work")]) == 0
+    assert json.load(open(base / "work" / "report.json"))["stages"] == rep["stages"]
+    assert evaluate.main(["--workdir", str(base / "nowhere")]) == 2
+
+
+def test_fully_supervised_variant(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny"])
+    rep = loop.run_all(cfg, 1, str(tmp_path / "fs"), tiny_root, variant="fully_supervised", export=False)
+    assert [(r["stage"], r["split"]) for r in rep["stages"]] == [("pixelnet", "val")]
+    assert json.load(open(tmp_path / "fs" / "config.json"))["variant"] == "fully_supervised"

@@ -1,0 +1,109 @@
+"""The Beam relabel job on tiny records with small random models (the rules, not the accuracy)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import preprocess, relabel
+from mcof_tf import training
+from mcof_tf.data import records
+from mcof_tf.models.cam import build_cam
+from mcof_tf.models.deeplab import deeplab_largefov
+from mcof_tf.models.regionnet import build_regionnet
+
+
+@pytest.fixture(scope="module")
+def base(tiny_root, tmp_path_factory):
+    from mcof_tf.config import load_config
+
+    cfg = load_config("synthetic", ["superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=1",
+                                    "model.max_regions=8"])
+    out = str(tmp_path_factory.mktemp("records") / "train")
+    m = preprocess.run(tiny_root, "train", out, cfg, PipelineOptions([]))
+    models = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, model in (("cam", build_cam(7, "vgg16_small", 0.125)),
+                        ("pixelnet", deeplab_largefov(7, "vgg16_small", 0.125)),
+                        ("regionnet", build_regionnet(7, "vgg16_small", 0.125, max_regions=8, fc_units=8))):
+        paths[name] = str(models / f"{name}.keras")
+        training.save_model(model, paths[name])
+    return cfg, os.path.join(out, "*.tfrecord"), m["classes"], paths
+
+
+def _run(base, stage, out, **kw):
+    cfg, recs, classes, paths = base
+    return relabel.run(recs, paths.get(stage), stage, str(out), cfg, len(classes), classes, PipelineOptions([]), **kw)
+
+
+def test_cam_stage_writes_one_seed_per_superpixel_within_the_tags(base, tmp_path):
+    m = _run(base, "cam", tmp_path, iteration=0)
+    assert m["read"] == m["written"] == 8 and m["rejected"] == []
+    assert 0 <= m["metrics"]["seeds"]["miou"] <= 100 and set(m["metrics"]) == {"seeds"}
+    for r in records.read_records(str(tmp_path / "*.tfrecord")):
+        assert r.label_stage == "seeds" and len(r.superpixel_labels) == r.num_superpixels
+        assert set(r.superpixel_labels.tolist()) <= {0, 255, *r.tag_indices}
+
+
+def test_regionnet_stage_chunks_ids_enforces_tags_and_refines_single_tag_images(base, tmp_path):
+    m = _run(base, "regionnet", tmp_path, iteration=1, refine=True)
+    assert set(m["metrics"]) == {"regionnet", "refined"} and m["written"] == 8
+    seen = set()
+    for r in records.read_records(str(tmp_path / "*.tfrecord")):
+        assert r.num_superpixels > 8  # more superpixels than max_regions: classified in chunks
+        if len(r.tag_indices) == 1:
+            assert r.label_stage == "refined" and r.labels is not None
+            assert set(np.unique(r.labels).tolist()) <= {0, r.tag_indices[0]}
+        else:
+            assert r.label_stage == "regionnet" and set(r.superpixel_labels.tolist()) <= {0, *r.tag_indices}
+        seen.add(r.label_stage)
+    assert seen == {"refined", "regionnet"}
+
+
+def test_pixelnet_stage_with_and_without_tags(base, tmp_path):
+    tagged = _run(base, "pixelnet", tmp_path / "a", iteration=1)
+    free = _run(base, "pixelnet", tmp_path / "b", iteration=1, use_tags=False)
+    assert tagged["written"] == free["written"] == 8
+    for r in records.read_records(str(tmp_path / "a" / "*.tfrecord")):
+        assert r.labels.shape == (r.height, r.width) and set(np.unique(r.labels).tolist()) <= {0, *r.tag_indices}
+
+
+def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
+    cfg, recs, classes, paths = base
+    bad = tmp_path / "in"
+    bad.mkdir()
+    good = [raw for f in sorted(tf.io.gfile.glob(recs)) for raw in tf.data.TFRecordDataset(f).as_numpy_iterator()]
+    with tf.io.TFRecordWriter(str(bad / "x-00000-of-00001.tfrecord")) as w:
+        for raw in good[:3]:
+            w.write(raw)
+        w.write(b"not an example")
+    m = relabel.run(str(bad / "*.tfrecord"), None, "groundtruth", str(tmp_path / "out"), cfg, len(classes), classes,
+                    PipelineOptions([]))
+    assert m["read"] == 4 and m["written"] == 3 and len(m["rejected"]) == 1
+    for r in records.read_records(str(tmp_path / "out" / "*.tfrecord")):
+        assert (r.labels == r.groundtruth).all() and r.label_stage == "groundtruth"
+
+
+def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, capsys):
+    first = _run(base, "cam", tmp_path)
+    assert _run(base, "cam", tmp_path) == first and "complete already" in capsys.readouterr().out
+    cfg, recs, classes, _ = base
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        relabel.run(recs, str(tmp_path / "nothing"), "cam", str(tmp_path / "o"), cfg, 7, classes)
+
+
+def test_cli_with_two_worker_processes(base, tmp_path):
+    cfg, recs, classes, paths = base
+    out = tmp_path / "mp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "beam_jobs.relabel", "--records", recs, "--model", paths["pixelnet"],
+         "--stage", "pixelnet", "--out", str(out), "--set", "records.num_shards=2",
+         "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.load(open(out / "manifest.json"))
+    assert m["read"] == m["written"] == 8 and "pixelnet" in m["metrics"] and len(m["shards"]) == 2
