@@ -6,9 +6,9 @@
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
-  regionnet    RegionNet → one label per superpixel, untagged classes → background (§4.2);
+  regionnet    RegionNet → one label per superpixel, tags enforced (config labels.tag_rule) (§4.2);
                with --refine, single-tag images get saliency-guided refinement + CRF (§4.3)
-  pixelnet     PixelNet → a pixel mask at image resolution, untagged classes → background (§5);
+  pixelnet     PixelNet → a pixel mask at image resolution, tags enforced (§5);
                --no-tags skips the tag rule (validation: tags are not known at test time)
   groundtruth  no model: the ground truth becomes the labels (the fully-supervised upper bound)
 
@@ -43,7 +43,8 @@ class RelabelFn(beam.DoFn):
     """Serialized example → serialized example with new labels (+ confusion matrices on a side output)."""
 
     def __init__(self, model_path: Optional[str], stage: str, num_classes: int, mean_rgb: Sequence[float],
-                 max_regions: int, seed_params: dict, iteration: int, refine: bool, use_tags: bool):
+                 max_regions: int, seed_params: dict, iteration: int, refine: bool, use_tags: bool,
+                 tag_rule: str = "restrict"):
         self.model_path = model_path
         self.stage = stage
         self.num_classes = num_classes
@@ -53,6 +54,7 @@ class RelabelFn(beam.DoFn):
         self.iteration = iteration
         self.refine = refine
         self.use_tags = use_tags
+        self.tag_rule = tag_rule
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
 
@@ -108,7 +110,7 @@ class RelabelFn(beam.DoFn):
 
     def _relabel(self, rec):
         """→ (new Record, {name: pixel labels to evaluate})."""
-        from mcof_tf.method.labels import drop_absent_classes, paint
+        from mcof_tf.method.labels import paint, tag_argmax
 
         tags = rec.tag_indices
         rec.labels, rec.superpixel_labels = None, None
@@ -125,10 +127,9 @@ class RelabelFn(beam.DoFn):
             rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **self.seed_params)
             rec.label_stage = "seeds"
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
+        enforce = tags if self.use_tags else None
         if self.stage == "regionnet":
-            region = self._region_labels(rec)
-            if self.use_tags:
-                region = drop_absent_classes(region.astype(np.uint8), tags).astype(np.int64)
+            region = tag_argmax(self._region_scores(rec), enforce, self.tag_rule)
             pixels = paint(region, rec.superpixels)
             produced = {"regionnet": pixels}
             if self.refine and len(tags) == 1:
@@ -146,26 +147,24 @@ class RelabelFn(beam.DoFn):
 
         logits = self.forward(tf.constant(self._image(rec)))
         logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
-        mask = np.asarray(tf.argmax(logits[0], axis=-1), np.uint8)
-        if self.use_tags:
-            mask = drop_absent_classes(mask, tags)
+        mask = tag_argmax(np.asarray(logits[0]), enforce, self.tag_rule).astype(np.uint8)
         rec.labels, rec.label_stage = mask, "pixelnet"
         return rec, {"pixelnet": mask}
 
-    def _region_labels(self, rec) -> np.ndarray:
-        """RegionNet's class for every superpixel; images with more superpixels than the model's
-        `max_regions` are classified in chunks of ids."""
+    def _region_scores(self, rec) -> np.ndarray:
+        """RegionNet's logits (n, C) for every superpixel; images with more superpixels than the
+        model's `max_regions` are classified in chunks of ids."""
         import tensorflow as tf
 
         n = rec.num_superpixels
         image = tf.constant(self._image(rec))
-        out = np.zeros(n, np.int64)
+        out = np.zeros((n, self.num_classes), np.float32)
         for start in range(0, n, self.max_regions):
             sp = rec.superpixels - start
             sp = np.where((sp >= 0) & (sp < self.max_regions), sp, -1).astype(np.int32)
             logits = self.forward({"image": image, "superpixels": tf.constant(sp[None])})
             stop = min(start + self.max_regions, n)
-            out[start:stop] = np.asarray(tf.argmax(logits[0], axis=-1))[: stop - start]
+            out[start:stop] = np.asarray(logits[0])[: stop - start]
         return out
 
 
@@ -225,7 +224,7 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
     fingerprint = common.fingerprint({
         "job": "relabel", "files": files, "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
         "model": _file_digest(model_path) if model_path else None, "stage": stage, "iteration": iteration,
-        "refine": refine, "use_tags": use_tags, "seeds": asdict(cfg.seeds), "num_classes": num_classes,
+        "refine": refine, "use_tags": use_tags, "tag_rule": cfg.labels.tag_rule, "seeds": asdict(cfg.seeds), "num_classes": num_classes,
     })
     if common.is_complete(out_dir, fingerprint):
         print(f"relabel {stage}: {out_dir} is complete already; nothing to do", flush=True)
@@ -237,7 +236,7 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
     started = time.time()
     print(f"relabel {stage}: {read} records from {records} → {out_dir}", flush=True)
     fn = RelabelFn(model_path, stage, num_classes, cfg.input.mean_rgb, cfg.model.max_regions,
-                   asdict(cfg.seeds), iteration, refine, use_tags)
+                   asdict(cfg.seeds), iteration, refine, use_tags, cfg.labels.tag_rule)
 
     def build(p):
         results = (p

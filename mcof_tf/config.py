@@ -86,6 +86,14 @@ class SeedsConfig:
 
 
 @dataclass
+class LabelsConfig:
+    # How image tags constrain RegionNet / PixelNet labels of training images: "restrict" (only
+    # background and tagged classes compete) or "background" (the paper's words: argmax, then
+    # untagged classes become background). See mcof_tf.method.labels.tag_argmax.
+    tag_rule: str = "restrict"
+
+
+@dataclass
 class RecordsConfig:
     num_shards: int = 4
 
@@ -109,6 +117,7 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier of the reduced backbone (vgg16_small)
     dropout: float = 0.5
     batch_norm: bool = False  # BatchNormalization after each backbone conv (for from-scratch CPU models)
+    fc6_dilation: int = 12  # DeepLab-LargeFOV's; a 112 px crop has a 14x14 map, where 12 reaches only padding
     # RegionNet: superpixel ids 0..max_regions-1 of an image are classified, each pooled to k×k
     max_regions: int = 256
     roi_pool_size: int = 7
@@ -149,6 +158,7 @@ class Config:
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -165,6 +175,7 @@ class Config:
 _CHOICES = {
     "saliency.method": ("auto", "dataset", "geodesic"),
     "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
+    "labels.tag_rule": ("restrict", "background"),
 }
 
 

@@ -78,7 +78,7 @@ def _build_regionnet(num_classes, cfg):
 def _build_pixelnet(num_classes, cfg):
     m = cfg.model
     return deeplab_largefov(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.dropout,
-                            m.batch_norm)
+                            m.batch_norm, m.fc6_dilation)
 
 
 NETWORKS = {

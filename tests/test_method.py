@@ -86,3 +86,14 @@ def test_dense_crf_accepts_read_only_images():
     img.setflags(write=False)  # as np.asarray(PIL image) returns
     p = np.full((6, 6), 0.9)
     assert dense_crf(img, np.stack([1 - p, p]).astype(np.float32)).argmax(0).all()
+
+
+def test_tag_argmax_rules():
+    from mcof_tf.method.labels import tag_argmax
+
+    scores = np.array([[0.1, 0.2, 0.9, 0.0],   # untagged class 2 wins outright
+                       [0.5, 0.1, 0.9, 0.0],   # ... and background beats tagged class 1
+                       [0.2, 0.6, 0.1, 0.0]])  # tagged class 1 wins
+    assert tag_argmax(scores, [1], "restrict").tolist() == [1, 0, 1]
+    assert tag_argmax(scores, [1], "background").tolist() == [0, 0, 1]
+    assert tag_argmax(scores, None).tolist() == [2, 2, 1]

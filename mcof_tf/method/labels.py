@@ -1,7 +1,7 @@
 """Label rules shared by the stages: tags enforced, per-superpixel labels, majority votes."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -13,6 +13,26 @@ def drop_absent_classes(labels: np.ndarray, tags: Iterable[int]) -> np.ndarray:
     keep = np.zeros(256, bool)
     keep[[0, IGNORE_LABEL, *tags]] = True
     return np.where(keep[labels], labels, 0).astype(labels.dtype)
+
+
+def tag_argmax(scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "restrict") -> np.ndarray:
+    """Class of highest score along the last axis, with the image's tags enforced.
+
+    rule "restrict": only background and the tagged classes compete (a body that RegionNet finds
+    closer to an untagged look-alike class still goes to the tagged class if it beats background).
+    rule "background": the paper's literal wording (§4.2): take the argmax, then turn untagged
+    classes into background. tags None: no tag rule (validation images).
+    """
+    scores = np.asarray(scores, np.float64)
+    if tags is None:
+        return scores.argmax(-1)
+    if rule == "background":
+        return drop_absent_classes(scores.argmax(-1).astype(np.uint8), tags).astype(np.int64)
+    if rule != "restrict":
+        raise ValueError(f"unknown tag rule {rule!r}")
+    allowed = np.zeros(scores.shape[-1], bool)
+    allowed[[0, *tags]] = True
+    return np.where(allowed, scores, -np.inf).argmax(-1)
 
 
 def paint(region_labels: np.ndarray, superpixels: np.ndarray) -> np.ndarray:

@@ -17,19 +17,19 @@ CLASSIFIER = "fc8"  # the layer that learns 10x faster (bias 20x)
 
 def deeplab_largefov(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
                      weight_decay: float = 0.0, dropout: float = 0.5, batch_norm: bool = False,
-                     name: str = "pixelnet") -> keras.Model:
+                     fc6_dilation: int = 12, name: str = "pixelnet") -> keras.Model:
     """Image batch (mean-subtracted RGB, any size) → logits at 1/8 resolution, `num_classes` channels
     (background included)."""
     image = keras.Input((None, None, 3), name="image")
     x = backbone_features(image, backbone, width, weight_decay, batch_norm)
     reg = _regularizer(weight_decay)
     if backbone == "resnet101":
-        logits = layers.Conv2D(num_classes, 3, padding="same", dilation_rate=12, kernel_regularizer=reg,
+        logits = layers.Conv2D(num_classes, 3, padding="same", dilation_rate=fc6_dilation, kernel_regularizer=reg,
                                name=CLASSIFIER)(x)
     else:
         fc = 1024 if backbone == "vgg16" else max(int(round(1024 * width)), 8)
         x = layers.AveragePooling2D(3, strides=1, padding="same", name="pool5a")(x)
-        x = layers.Conv2D(fc, 3, padding="same", dilation_rate=12, activation="relu", kernel_regularizer=reg,
+        x = layers.Conv2D(fc, 3, padding="same", dilation_rate=fc6_dilation, activation="relu", kernel_regularizer=reg,
                           name="fc6")(x)
         x = layers.Dropout(dropout, name="drop6")(x)
         x = layers.Conv2D(fc, 1, activation="relu", kernel_regularizer=reg, name="fc7")(x)
