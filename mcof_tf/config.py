@@ -146,6 +146,9 @@ class TrainConfig:
     # tf.distribute devices; empty: every local GPU, or the CPU when there is none
     devices: list[str] = field(default_factory=list)
     steps_per_epoch: int = 0  # 0: one pass over the training records per epoch
+    # Start RegionNet / PixelNet of iteration t+1 from those of iteration t (the paper restarts from
+    # ImageNet weights; short from-scratch CPU schedules forget what the iteration before learnt).
+    warm_start: bool = False
     cam: StageConfig = field(default_factory=StageConfig)
     regionnet: StageConfig = field(default_factory=StageConfig)
     pixelnet: StageConfig = field(default_factory=StageConfig)

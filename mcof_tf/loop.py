@@ -50,13 +50,16 @@ def preprocess_split(run: Run, split: str) -> tuple[str, dict]:
     return os.path.join(out, "*.tfrecord"), manifest
 
 
-def train_network(run: Run, network: str, records: str, folder: str, num_classes: int) -> str:
-    """Train unless `folder/model.keras` exists; returns the folder."""
+def train_network(run: Run, network: str, records: str, folder: str, num_classes: int,
+                  previous: Optional[str] = None) -> str:
+    """Train unless `folder/model.keras` exists; returns the folder. With `train.warm_start`, the
+    network starts from `previous` (the same network of the iteration before) when there is one."""
     out = run.path(folder)
     if os.path.exists(os.path.join(out, training.MODEL_FILE)):
         print(f"{folder}: trained already", flush=True)
         return out
-    training.train(network, records, out, run.cfg, num_classes)
+    init = os.path.join(previous, training.MODEL_FILE) if previous and run.cfg.train.warm_start else None
+    training.train(network, records, out, run.cfg, num_classes, init_from=init)
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     return out
 
@@ -87,19 +90,19 @@ def mcof(run: Run, iterations: int) -> str:
     # Initialize: initial object seeds S from CAM (§4.1)
     cam = train_network(run, "cam", train_records, "cam", C)
     seeds = relabel_records(run, "cam", cam, train_records, "seeds", classes, 0)
-    pixelnet = None
+    pixelnet = regionnet = None
     for t in range(iterations):                        # 1: while iteration is effective
         it = f"iter{t + 1}"
         if run.variant == "direct_iterative" and t > 0:
             regions = seeds                             # baseline: PixelNet retrained on its own masks
         else:
             # 2: train RegionNet with R and S;  3: predict object regions O
-            regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C)
+            regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet)
             refine = t == 0 and run.variant != "no_saliency"
             # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O
             regions = relabel_records(run, "regionnet", regionnet, seeds, f"{it}/regions", classes, t + 1,
                                       refine=refine)
-        pixelnet = train_network(run, "pixelnet", regions, f"{it}/pixelnet", C)     # 9: train PixelNet with O^R
+        pixelnet = train_network(run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet)  # 9: train PixelNet with O^R
         seeds = relabel_records(run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1)  # 10-11: S <- M
         relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
     return pixelnet

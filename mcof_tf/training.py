@@ -155,11 +155,12 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
 def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
           strategy: Optional[tf.distribute.Strategy] = None, epochs: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-          verbose=None) -> keras.Model:
+          init_from: Optional[str] = None, verbose=None) -> keras.Model:
     """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records`.
 
     Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
     saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
+    `init_from`: a model.keras of the same network whose weights start the training (warm start).
     """
     stage = getattr(cfg.train, network)
     epochs = epochs or stage.epochs
@@ -169,6 +170,8 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     os.makedirs(out_dir, exist_ok=True)
     ds = input_dataset(network, records, cfg, num_classes, stage.batch_size)
     model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
+    if init_from:  # (a resumed run's backup still takes precedence: BackupAndRestore loads it later)
+        model.set_weights(load_model(init_from).get_weights())
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),

@@ -78,6 +78,21 @@ def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
     assert os.path.exists(tmp_path / training.MODEL_FILE)
 
 
+def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    first = training.train("pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, epochs=1, steps_per_epoch=1,
+                           verbose=0)
+    seen = {}
+
+    class Peek(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["kernel"] = self.model.get_layer("fc8").get_weights()[0].copy()
+
+    training.train("pixelnet", labelled_records, str(tmp_path / "b"), cfg, 7, epochs=1, steps_per_epoch=1,
+                   init_from=str(tmp_path / "a" / training.MODEL_FILE), callbacks=[Peek()], verbose=0)
+    np.testing.assert_array_equal(seen["kernel"], first.get_layer("fc8").get_weights()[0])
+
+
 def test_xla_is_used_where_every_layer_supports_it(tiny_cfg):
     tiny_cfg.train.jit_compile = True
     tiny_cfg.model.max_regions, tiny_cfg.model.region_fc = 8, 8
