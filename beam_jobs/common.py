@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Optional
 import apache_beam as beam
 import tensorflow as tf
 
+from mcof_tf.data.records import count_records
+
 MANIFEST = "manifest.json"
 REJECTED = "rejected"
 SHARD_SUFFIX = ".tfrecord"
@@ -61,11 +63,6 @@ def prepare_output(out_dir: str, prefix: str) -> None:
             tf.io.gfile.remove(path)
     for path in tf.io.gfile.glob(join(out_dir, "beam-temp-*")):  # a killed sink's leftovers
         tf.io.gfile.rmtree(path)
-
-
-def count_records(pattern: str) -> int:
-    files = tf.io.gfile.glob(pattern)
-    return sum(sum(1 for _ in tf.data.TFRecordDataset(f)) for f in files) if files else 0
 
 
 def read_rejected(out_dir: str) -> list[dict]:

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from mcof_tf.data.records import count_records
 from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER, build_cam
 from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER, deeplab_largefov
@@ -112,10 +113,6 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
 @functools.lru_cache(maxsize=None)
 def _strategy(devices: tuple) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(list(devices))
-
-
-def count_records(pattern: str) -> int:
-    return sum(1 for f in tf.io.gfile.glob(pattern) for _ in tf.data.TFRecordDataset(f))
 
 
 def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size: int) -> tf.data.Dataset:
