@@ -186,9 +186,14 @@ def claim_workdir(run: Run) -> None:
     os.makedirs(run.workdir, exist_ok=True)
     path = run.path("config.json")
     mine = {"config": run.cfg.to_dict(), "variant": run.variant, "data_root": os.path.abspath(run.data_root)}
-    # training-loop length and devices may change between a run and its resumption
-    comparable = lambda d: json.dumps({**d, "config": {k: v for k, v in d["config"].items() if k != "experiment"}},  # noqa: E731
-                                      sort_keys=True)
+
+    def comparable(d):
+        # where the workdir is and which devices train may change between a run and its resumption
+        c = json.loads(json.dumps(d))
+        c["config"]["experiment"].pop("workdir", None)
+        c["config"]["train"].pop("devices", None)
+        return json.dumps(c, sort_keys=True)
+
     if os.path.exists(path):
         with open(path) as f:
             theirs = json.load(f)

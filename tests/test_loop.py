@@ -62,9 +62,10 @@ def test_rerun_resumes_without_redoing_anything(finished, tiny_root, capsys):
     assert stamps == {p: os.path.getmtime(base / "work" / p) for p in stamps}
 
 
-def test_a_workdir_made_by_another_config_is_refused(finished, tiny_root):
+@pytest.mark.parametrize("change", ["seeds.fg_threshold=0.7", "experiment.seed=1"])
+def test_a_workdir_made_by_another_config_is_refused(finished, tiny_root, change):
     cfg, base, rep = finished
-    other = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", "seeds.fg_threshold=0.7"])
+    other = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", change])
     with pytest.raises(ValueError, match="different config"):
         loop.run_all(other, 2, str(base / "work"), tiny_root)
 
