@@ -1,0 +1,123 @@
+"""tf.data input pipelines over the project's TFRecords, with joint augmentation.
+
+Every map that is aligned with the image (labels, ground truth, saliency, superpixels) goes through
+exactly the same random scale, crop and flip as the image, so labels never drift off their pixels.
+Randomness is stateless and drawn from `tf.data.Dataset.random(seed)`, so a seed fixes data order and
+augmentation.
+
+Padding values: image 0 (after mean subtraction, i.e. the mean colour), labels and ground truth 255
+(ignored by the losses), saliency 0, superpixels -1 (no superpixel).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from mcof_tf.data import records
+
+IGNORE_LABEL = records.IGNORE_LABEL
+# (key, padding value, resize method) of every image-aligned map
+_ALIGNED = (
+    ("labels", IGNORE_LABEL, "nearest"),
+    ("groundtruth", IGNORE_LABEL, "nearest"),
+    ("superpixels", -1, "nearest"),
+    ("saliency", 0, "bilinear"),
+)
+
+
+def list_files(pattern: str) -> list[str]:
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern}")
+    return files
+
+
+def _to_float_maps(ex: dict, mean_rgb: Sequence[float]) -> dict:
+    out = dict(ex)
+    out["image"] = tf.cast(ex["image"], tf.float32) - tf.constant(mean_rgb, tf.float32)
+    out["labels"] = tf.cast(ex["labels"], tf.int32)
+    out["groundtruth"] = tf.cast(ex["groundtruth"], tf.int32)
+    out["saliency"] = tf.cast(ex["saliency"], tf.float32) / 255.0
+    return out
+
+
+def augment(ex: dict, seed, crop_size: int, min_scale: float, max_scale: float, flip: bool) -> dict:
+    """Random scale → pad to the crop → random crop → random horizontal flip, jointly on all maps.
+
+    `ex` holds float `image` (H×W×3) and int/float H×W maps; `seed` is a shape-[2] int tensor.
+    Returns maps of size crop_size × crop_size.
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    h = tf.shape(ex["image"])[0]
+    w = tf.shape(ex["image"])[1]
+    scale = tf.random.stateless_uniform([], seeds[0], min_scale, max_scale)
+    nh = tf.maximum(tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32), 1)
+    nw = tf.maximum(tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32), 1)
+    ph, pw = tf.maximum(nh, crop_size), tf.maximum(nw, crop_size)
+    oy = tf.random.stateless_uniform([], seeds[1], 0, ph - crop_size + 1, dtype=tf.int32)
+    ox = tf.random.stateless_uniform([], seeds[2], 0, pw - crop_size + 1, dtype=tf.int32)
+    do_flip = flip & (tf.random.stateless_uniform([], seeds[3]) < 0.5)
+
+    def transform(x, pad_value, method):
+        squeeze = x.shape.rank == 2
+        x3 = x[..., None] if squeeze else x
+        dtype = x3.dtype  # nearest keeps integer maps exact; bilinear is only used on float maps
+        x3 = tf.cast(tf.image.resize(x3, [nh, nw], method=method), dtype)
+        # pad bottom/right up to the crop size with the map's "nothing here" value
+        x3 = tf.pad(x3 - tf.cast(pad_value, dtype), [[0, ph - nh], [0, pw - nw], [0, 0]]) + tf.cast(pad_value, dtype)
+        x3 = x3[oy:oy + crop_size, ox:ox + crop_size]
+        x3 = tf.cond(do_flip, lambda: tf.reverse(x3, [1]), lambda: x3)
+        x3 = tf.ensure_shape(x3, [crop_size, crop_size, x3.shape[-1]])
+        return x3[..., 0] if squeeze else x3
+
+    out = dict(ex)
+    out["image"] = transform(ex["image"], 0.0, "bilinear")
+    for key, pad, method in _ALIGNED:
+        if key in ex:
+            out[key] = transform(ex[key], pad, method)
+    return out
+
+
+def make_dataset(pattern: str, num_classes: int, *, batch_size: int, training: bool,
+                 crop_size: int = 321, min_scale: float = 0.7, max_scale: float = 1.3, flip: bool = True,
+                 mean_rgb: Sequence[float] = (123.68, 116.779, 103.939), shuffle_buffer: int = 512,
+                 seed: int = 0, repeat: Optional[bool] = None) -> tf.data.Dataset:
+    """Batches of dicts (image, tags, labels, groundtruth, saliency, superpixels, id, ...).
+
+    training=True: shuffled (files and examples), augmented to crop_size², repeated, fixed-size batches.
+    training=False: file order, full-size images, padded batches (image 0, labels 255, superpixels -1).
+    """
+    files = list_files(pattern)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 4),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+    ds = ds.map(lambda s: _to_float_maps(records.decode_example(s, num_classes), mean_rgb),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training:
+        rand = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, rand)).map(
+            lambda ex, s: augment(ex, s, crop_size, min_scale, max_scale, flip),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = ds.padded_batch(batch_size, padding_values={
+            "id": "", "image": 0.0, "tags": 0.0, "superpixels": -1, "saliency": 0.0,
+            "groundtruth": IGNORE_LABEL, "has_groundtruth": False, "labels": IGNORE_LABEL, "has_labels": False,
+        })
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_from_config(pattern: str, num_classes: int, input_cfg, *, training: bool, batch_size: int,
+                        seed: int = 0, repeat: Optional[bool] = None) -> tf.data.Dataset:
+    """`make_dataset` with the settings of a config's `input:` section."""
+    return make_dataset(pattern, num_classes, batch_size=batch_size, training=training,
+                        crop_size=input_cfg.crop_size, min_scale=input_cfg.min_scale,
+                        max_scale=input_cfg.max_scale, flip=input_cfg.flip, mean_rgb=input_cfg.mean_rgb,
+                        shuffle_buffer=input_cfg.shuffle_buffer, seed=seed, repeat=repeat)
