@@ -82,19 +82,33 @@ def _build_pixelnet(num_classes, cfg):
                             m.batch_norm, m.fc6_dilation)
 
 
+def _cam_batch(b, num_classes, cfg):
+    return b["image"], b["tags"]
+
+
+def _regionnet_batch(b, num_classes, cfg):
+    targets = region_labels(b["labels"], b["superpixels"], cfg.model.max_regions, num_classes)
+    return {"image": b["image"], "superpixels": b["superpixels"]}, targets
+
+
+def _pixelnet_batch(b, num_classes, cfg):
+    return b["image"], b["labels"]
+
+
+def _segmentation_metrics(num_classes):
+    return [losses.SegmentationMeanIoU(num_classes)]
+
+
+# Named functions, not lambdas: tf.data's autograph re-reads a function's source by line, and
+# several lambdas on one line (or a file edited under a running job) make it convert the wrong one.
 NETWORKS = {
-    "cam": Network(
-        "cam", _build_cam, lambda: keras.losses.BinaryCrossentropy(from_logits=True),
-        lambda n: [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy")], CAM_CLASSIFIER,
-        lambda b, n, cfg: (b["image"], b["tags"])),
-    "regionnet": Network(
-        "regionnet", _build_regionnet, losses.MaskedCrossEntropy, lambda n: [losses.SegmentationMeanIoU(n)],
-        REGION_CLASSIFIER,
-        lambda b, n, cfg: ({"image": b["image"], "superpixels": b["superpixels"]},
-                           region_labels(b["labels"], b["superpixels"], cfg.model.max_regions, n))),
-    "pixelnet": Network(
-        "pixelnet", _build_pixelnet, losses.MaskedCrossEntropy, lambda n: [losses.SegmentationMeanIoU(n)],
-        PIXEL_CLASSIFIER, lambda b, n, cfg: (b["image"], b["labels"])),
+    "cam": Network("cam", _build_cam, lambda: keras.losses.BinaryCrossentropy(from_logits=True),
+                   lambda n: [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy")], CAM_CLASSIFIER,
+                   _cam_batch),
+    "regionnet": Network("regionnet", _build_regionnet, losses.MaskedCrossEntropy, _segmentation_metrics,
+                         REGION_CLASSIFIER, _regionnet_batch),
+    "pixelnet": Network("pixelnet", _build_pixelnet, losses.MaskedCrossEntropy, _segmentation_metrics,
+                        PIXEL_CLASSIFIER, _pixelnet_batch),
 }
 
 
@@ -122,7 +136,7 @@ def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size:
     net = NETWORKS[network]
     ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=batch_size,
                              seed=cfg.experiment.seed)
-    ds = ds.map(lambda b: net.batch(b, num_classes, cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(functools.partial(net.batch, num_classes=num_classes, cfg=cfg), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
