@@ -11,11 +11,9 @@ def ensure_dataset(data_cfg, root: str | None = None) -> str:
         return root
     root = data_cfg.root
     if data_cfg.synthetic is not None and "://" not in root:
-        from dataclasses import asdict
-
         from mcof_tf.data import synthetic
 
-        spec = synthetic.SyntheticSpec(**asdict(data_cfg.synthetic))
+        spec = data_cfg.synthetic
         if not synthetic.is_complete(root, spec):
             if os.path.exists(os.path.join(root, synthetic.MARKER)):
                 raise FileExistsError(f"{root} holds the benchmark generated with other parameters than "

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import lru_cache
 
 import numpy as np
@@ -35,6 +35,7 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw, segmentation, transform
 
+from mcof_tf.config import SyntheticConfig as SyntheticSpec  # the generator's parameters are the config's
 from mcof_tf.data.voc import IGNORE_LABEL, voc_palette
 
 CLASSES = ("background", "beetle", "crab", "kite", "lamp", "snail", "turtle")
@@ -52,16 +53,6 @@ _BADGE = {1: ("stripes", (250, 220, 20), (20, 20, 20)), 2: ("checker", (240, 30,
           3: ("dots", (30, 230, 230), (130, 0, 0)), 4: ("rings", (255, 120, 0), (0, 40, 160)),
           5: ("checker", (40, 200, 40), (90, 0, 120)), 6: ("stripes", (255, 255, 255), (200, 0, 40))}
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
-
-
-@dataclass
-class SyntheticSpec:
-    seed: int = 0
-    num_train: int = 200
-    num_val: int = 60
-    min_side: int = 96
-    max_side: int = 160
-    version: int = GENERATOR_VERSION
 
 
 @lru_cache(maxsize=None)
@@ -253,12 +244,16 @@ def _ids(spec: SyntheticSpec) -> dict[str, list[str]]:
     return {"train": ids[:spec.num_train], "val": ids[spec.num_train:]}
 
 
+def _marker(spec: SyntheticSpec) -> dict:
+    return {**asdict(spec), "version": GENERATOR_VERSION}
+
+
 def is_complete(root: str, spec: SyntheticSpec) -> bool:
     marker = os.path.join(root, MARKER)
     if not os.path.exists(marker):
         return False
     with open(marker, encoding="utf-8") as f:
-        return json.load(f) == asdict(spec)
+        return json.load(f) == _marker(spec)
 
 
 def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
@@ -292,7 +287,7 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
     with open(os.path.join(tmp, "classes.txt"), "w") as f:
         f.write("\n".join(CLASSES) + "\n")
     with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-        json.dump(asdict(spec), f)
+        json.dump(_marker(spec), f)
     if os.path.exists(root):
         os.rmdir(root)  # empty (checked above)
     os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
