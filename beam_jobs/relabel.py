@@ -63,7 +63,6 @@ class RelabelFn(beam.DoFn):
 
         threadpool_limits(1)  # one worker process per core; see beam_jobs.preprocess
         self.count = 0
-        self.model = None
         if self.stage == "groundtruth":
             return
         import tensorflow as tf
@@ -78,7 +77,6 @@ class RelabelFn(beam.DoFn):
 
             extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
             self.cams = tf.function(lambda x: class_activation_maps(extractor, kernel, x), reduce_retracing=True)
-        self.model = model
         # one trace for every image size
         self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 

@@ -141,10 +141,10 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
     folders = [(f, name) for f, name in folders if common.read_manifest(os.path.join(workdir, f))]
     if not folders:
         return None
-    by_stage = {}
-    for f, _ in folders:
-        by_stage[f] = {r.id: r for r in records.read_records(os.path.join(workdir, f, "*.tfrecord"))}
-    ids = sorted(by_stage[folders[0][0]])[:n]
+    # only the n chosen images are decoded: the folders hold the whole training set
+    ids = sorted(records.record_ids(os.path.join(workdir, folders[0][0], "*.tfrecord")))[:n]
+    by_stage = {f: {r.id: r for r in records.read_records(os.path.join(workdir, f, "*.tfrecord"), set(ids))}
+                for f, _ in folders}
     rows = []
     from mcof_tf.method.labels import paint
 
@@ -155,9 +155,10 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
         row = [first.image]
         for f, _ in folders:
             r = by_stage[f].get(i)
-            lab = r.labels if r is not None and r.labels is not None else (
-                paint(r.superpixel_labels, r.superpixels) if r is not None else np.full(first.superpixels.shape, 255, np.uint8))
-            row.append(lab)
+            if r is None:  # rejected at that stage
+                row.append(np.full(first.superpixels.shape, 255, np.uint8))
+            else:
+                row.append(r.labels if r.labels is not None else paint(r.superpixel_labels, r.superpixels))
         row.append(first.groundtruth)
         rows.append(row)
     return {"columns": ["image"] + [name for _, name in folders] + ["ground truth"], "rows": rows}

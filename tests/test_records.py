@@ -133,3 +133,9 @@ def test_eval_pipeline_pads_whole_images(tmp_path):
 def test_missing_files_are_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no TFRecord files"):
         pipeline.make_dataset(str(tmp_path / "none-*.tfrecord"), 4, batch_size=1, training=False)
+
+
+def test_read_records_by_id_and_record_ids(tmp_path):
+    pattern = _shards(tmp_path, 4)
+    assert records.record_ids(pattern) == ["r0", "r1", "r2", "r3"]
+    assert [r.id for r in records.read_records(pattern, {"r1", "r3"})] == ["r1", "r3"]

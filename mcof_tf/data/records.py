@@ -157,11 +157,23 @@ def encode(rec: Record) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def parse_example(serialized: bytes) -> Record:
-    """Serialized example → Record (numpy; no TF graph)."""
+def _proto(serialized: bytes):
     from tensorflow.core.example import example_pb2
 
-    ex = example_pb2.Example.FromString(serialized)
+    return example_pb2.Example.FromString(serialized)
+
+
+def _proto_id(ex) -> str:
+    return ex.features.feature[ID].bytes_list.value[0].decode()
+
+
+def parse_example(serialized: bytes) -> Record:
+    """Serialized example → Record (numpy; no TF graph)."""
+    return _record(_proto(serialized))
+
+
+def _record(ex) -> Record:
+    """tf.train.Example → Record; decodes the label PNGs."""
     f = ex.features.feature
 
     def b(key: str) -> Optional[bytes]:
@@ -263,10 +275,22 @@ def count_records(pattern: str) -> int:
     return sum(1 for f in tf.io.gfile.glob(pattern) for _ in tf.data.TFRecordDataset(f))
 
 
-def read_records(pattern: str):
-    """Yield Records from every file matching `pattern`, in file-name order."""
+def _protos(pattern: str):
     import tensorflow as tf
 
     for path in sorted(tf.io.gfile.glob(pattern)):
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            yield parse_example(raw)
+            yield _proto(raw)
+
+
+def read_records(pattern: str, ids=None):
+    """Yield Records from every file matching `pattern`, in file-name order; with `ids`, only those
+    (the others are skipped before their PNGs are decoded)."""
+    for ex in _protos(pattern):
+        if ids is None or _proto_id(ex) in ids:
+            yield _record(ex)
+
+
+def record_ids(pattern: str) -> list[str]:
+    """The ids of every example matching `pattern`, without decoding any map."""
+    return [_proto_id(ex) for ex in _protos(pattern)]
