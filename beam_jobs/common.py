@@ -1,7 +1,10 @@
 """What every Beam job of the project shares: outputs, dead letters, the manifest, completion.
 
 A job writes into its output folder:
-    <prefix>-SSSSS-of-NNNNN.tfrecord    the records (Beam's sink writes temp files and renames them)
+    <prefix>-SSSSS-of-NNNNN.tfrecord    the records: shard = crc32(id) mod N, sorted by id inside, so the
+                                        same inputs give the same files whatever the runner's order
+                                        (training data order then depends on the seed alone); each shard
+                                        is written to a temporary name and renamed when complete
     rejected.jsonl                      one {"id": ..., "reason": ...} per input that was not used
     manifest.json                       written last, atomically: the job's completion marker
 
@@ -14,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
+import zlib
 from typing import Callable, Iterable, Optional
 
 import apache_beam as beam
 import tensorflow as tf
 
-from mcof_tf.data.records import count_records
+from mcof_tf.data.records import count_records, example_id
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected"
@@ -58,7 +63,7 @@ def write_json_atomic(path: str, value) -> None:
 def prepare_output(out_dir: str, prefix: str) -> None:
     """Empty the folder of an earlier, unfinished attempt: stale shards must never be mixed in."""
     tf.io.gfile.makedirs(out_dir)
-    for pattern in (f"{prefix}-*{SHARD_SUFFIX}", f"{REJECTED}*", f"{MANIFEST}*"):
+    for pattern in (f"{prefix}-*{SHARD_SUFFIX}*", f"{REJECTED}*", f"{MANIFEST}*"):
         for path in tf.io.gfile.glob(join(out_dir, pattern)):
             tf.io.gfile.remove(path)
     for path in tf.io.gfile.glob(join(out_dir, "beam-temp-*")):  # a killed sink's leftovers
@@ -77,11 +82,35 @@ def rejection(image_id, reason: str) -> str:
     return json.dumps({"id": str(image_id), "reason": reason})
 
 
+def shard_name(out_dir: str, prefix: str, shard: int, num_shards: int) -> str:
+    return join(out_dir, f"{prefix}-{shard:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
+
+
+class WriteShard(beam.DoFn):
+    """(shard, serialized examples) → one TFRecord file, examples sorted by id, renamed into place
+    when complete (a killed or retried worker never leaves a partial shard under the final name)."""
+
+    def __init__(self, out_dir: str, prefix: str, num_shards: int):
+        self.out_dir, self.prefix, self.num_shards = out_dir, prefix, num_shards
+
+    def process(self, element):
+        shard, examples = element
+        path = shard_name(self.out_dir, self.prefix, shard, self.num_shards)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with tf.io.TFRecordWriter(tmp) as w:
+            for _, serialized in sorted((example_id(e), e) for e in examples):
+                w.write(serialized)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        yield path
+
+
 def write_outputs(records: beam.PCollection, rejected: beam.PCollection, out_dir: str, prefix: str,
                   num_shards: int) -> None:
     """Attach the record sink and the dead-letter sink to a pipeline."""
-    records | "WriteRecords" >> beam.io.WriteToTFRecord(
-        join(out_dir, prefix), file_name_suffix=SHARD_SUFFIX, num_shards=num_shards)
+    (records
+     | "ShardById" >> beam.Map(lambda e: (zlib.crc32(example_id(e).encode()) % num_shards, e))
+     | "GroupShards" >> beam.GroupByKey()
+     | "WriteRecords" >> beam.ParDo(WriteShard(out_dir, prefix, num_shards)))
     rejected | "WriteRejected" >> beam.io.WriteToText(
         join(out_dir, REJECTED), file_name_suffix=".jsonl", shard_name_template="")
 
@@ -102,6 +131,9 @@ def finish(out_dir: str, prefix: str, read: int, fingerprint: str, started: floa
     if read != written + len(rejected):
         raise RuntimeError(f"{out_dir}: read {read} but wrote {written} and rejected {len(rejected)}; "
                            "inputs were lost, the manifest is not written")
+    if read and not written:  # the same failure for every input is a bug or a wrong model, not bad data
+        raise RuntimeError(f"{out_dir}: every one of the {read} inputs was rejected, e.g. "
+                           f"{rejected[0]['id']}: {rejected[0]['reason']}")
     write_json_atomic(join(out_dir, MANIFEST), manifest)
     return manifest
 

@@ -6,7 +6,7 @@
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
-  regionnet    RegionNet → one label per superpixel, tags enforced (config labels.tag_rule) (§4.2);
+  regionnet    RegionNet → one label per superpixel, tags enforced (config labels) (§4.2);
                with --refine, single-tag images get saliency-guided refinement + CRF (§4.3)
   pixelnet     PixelNet → a pixel mask at image resolution, tags enforced (§5);
                --no-tags skips the tag rule (validation: tags are not known at test time)
@@ -44,7 +44,7 @@ class RelabelFn(beam.DoFn):
 
     def __init__(self, model_path: Optional[str], stage: str, num_classes: int, mean_rgb: Sequence[float],
                  max_regions: int, seed_params: dict, iteration: int, refine: bool, use_tags: bool,
-                 tag_rule: str = "restrict"):
+                 label_rules: Optional[dict] = None):
         self.model_path = model_path
         self.stage = stage
         self.num_classes = num_classes
@@ -54,7 +54,7 @@ class RelabelFn(beam.DoFn):
         self.iteration = iteration
         self.refine = refine
         self.use_tags = use_tags
-        self.tag_rule = tag_rule
+        self.label_rules = dict(label_rules or {})  # config `labels`: tag_rule, keep_tags
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
 
@@ -108,7 +108,7 @@ class RelabelFn(beam.DoFn):
 
     def _relabel(self, rec):
         """→ (new Record, {name: pixel labels to evaluate})."""
-        from mcof_tf.method.labels import paint, tag_argmax
+        from mcof_tf.method.labels import paint
 
         tags = rec.tag_indices
         rec.labels, rec.superpixel_labels = None, None
@@ -127,7 +127,7 @@ class RelabelFn(beam.DoFn):
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
         enforce = tags if self.use_tags else None
         if self.stage == "regionnet":
-            region = tag_argmax(self._region_scores(rec), enforce, self.tag_rule)
+            region = self._tag_argmax(self._region_scores(rec), enforce)
             pixels = paint(region, rec.superpixels)
             produced = {"regionnet": pixels}
             if self.refine and len(tags) == 1:
@@ -145,9 +145,15 @@ class RelabelFn(beam.DoFn):
 
         logits = self.forward(tf.constant(self._image(rec)))
         logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
-        mask = tag_argmax(np.asarray(logits[0]), enforce, self.tag_rule).astype(np.uint8)
+        mask = self._tag_argmax(np.asarray(logits[0]), enforce).astype(np.uint8)
         rec.labels, rec.label_stage = mask, "pixelnet"
         return rec, {"pixelnet": mask}
+
+    def _tag_argmax(self, scores, tags):
+        from mcof_tf.method.labels import tag_argmax
+
+        return tag_argmax(scores, tags, self.label_rules.get("tag_rule", "restrict"),
+                          self.label_rules.get("keep_tags", False))
 
     def _region_scores(self, rec) -> np.ndarray:
         """RegionNet's logits (n, C) for every superpixel; images with more superpixels than the
@@ -222,7 +228,7 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
     fingerprint = common.fingerprint({
         "job": "relabel", "files": files, "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
         "model": _file_digest(model_path) if model_path else None, "stage": stage, "iteration": iteration,
-        "refine": refine, "use_tags": use_tags, "tag_rule": cfg.labels.tag_rule, "seeds": asdict(cfg.seeds), "num_classes": num_classes,
+        "refine": refine, "use_tags": use_tags, "labels": asdict(cfg.labels), "seeds": asdict(cfg.seeds), "num_classes": num_classes,
     })
     if common.is_complete(out_dir, fingerprint):
         print(f"relabel {stage}: {out_dir} is complete already; nothing to do", flush=True)
@@ -234,7 +240,7 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
     started = time.time()
     print(f"relabel {stage}: {read} records from {records} → {out_dir}", flush=True)
     fn = RelabelFn(model_path, stage, num_classes, cfg.input.mean_rgb, cfg.model.max_regions,
-                   asdict(cfg.seeds), iteration, refine, use_tags, cfg.labels.tag_rule)
+                   asdict(cfg.seeds), iteration, refine, use_tags, asdict(cfg.labels))
 
     def build(p):
         results = (p

@@ -91,6 +91,9 @@ class LabelsConfig:
     # background and tagged classes compete) or "background" (the paper's words: argmax, then
     # untagged classes become background). See mcof_tf.method.labels.tag_argmax.
     tag_rule: str = "restrict"
+    # With "restrict": a tagged class that wins nowhere in its image keeps the elements where it is
+    # the likeliest object class at >= half its peak, so no tagged class vanishes from its images.
+    keep_tags: bool = True
 
 
 @dataclass

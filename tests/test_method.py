@@ -97,3 +97,19 @@ def test_tag_argmax_rules():
     assert tag_argmax(scores, [1], "restrict").tolist() == [1, 0, 1]
     assert tag_argmax(scores, [1], "background").tolist() == [0, 0, 1]
     assert tag_argmax(scores, None).tolist() == [2, 2, 1]
+
+
+def test_tag_argmax_keep_tags_revives_a_vanished_class():
+    from mcof_tf.method.labels import tag_argmax
+
+    # 4 regions, classes bg / 1 / 2; image tagged {1, 2}. Class 2 loses everywhere to background or 1,
+    # but it is the likelier object class in regions 2 and 3 (region 3 at < half its peak: stays).
+    scores = np.log(np.array([[0.1, 0.8, 0.1],
+                              [0.7, 0.2, 0.1],
+                              [0.6, 0.1, 0.3],
+                              [0.85, 0.05, 0.1]]))
+    assert tag_argmax(scores, [1, 2]).tolist() == [1, 0, 0, 0]
+    assert tag_argmax(scores, [1, 2], keep_tags=True).tolist() == [1, 0, 2, 0]
+    # a class present somewhere is left alone; an untagged class is never revived
+    assert tag_argmax(scores, [1], keep_tags=True).tolist() == [1, 0, 0, 0]
+    assert tag_argmax(scores[:, :2], [1], keep_tags=True).tolist() == [1, 0, 0, 0]

@@ -120,3 +120,28 @@ def test_cli_with_two_worker_processes(tiny_root, tmp_path):
     m = json.load(open(out / "manifest.json"))
     assert m["read"] == m["written"] == len(list_ids(tiny_root)) and m["rejected"] == []
     assert "images/s" in proc.stdout
+
+
+def test_shards_are_the_same_whatever_the_input_order(tmp_path):
+    """Shard = crc32(id) mod N, sorted by id inside: the runner's order cannot change the files, so a
+    seed alone fixes the training data order (issue 6, reproducibility)."""
+    import apache_beam as beam
+
+    from beam_jobs import common
+
+    rng = np.random.default_rng(0)
+    recs = [records.Record(id=f"img{i:02d}", image_encoded=records.png_bytes(rng.integers(0, 255, (8, 9, 3), np.uint8)),
+                           image_format="png", height=8, width=9, tags=records.tags_multi_hot([1 + i % 3], 4),
+                           superpixels=np.zeros((8, 9), np.int32), saliency=np.zeros((8, 9), np.uint8))
+            for i in range(13)]
+    serialized = [records.encode(r) for r in recs]
+    for name, order in (("a", serialized), ("b", serialized[::-1])):
+        with beam.Pipeline() as p:
+            common.write_outputs(p | beam.Create(order), p | "NoRejects" >> beam.Create([]),
+                                 str(tmp_path / name), "part", 3)
+    files_a = sorted(os.listdir(tmp_path / "a"))
+    assert [f for f in files_a if f.endswith(".tfrecord")] == [f"part-0000{i}-of-00003.tfrecord" for i in range(3)]
+    for f in files_a:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    ids = [records.record_ids(str(tmp_path / "a" / f)) for f in files_a if f.endswith(".tfrecord")]
+    assert sorted(sum(ids, [])) == [r.id for r in recs] and all(i == sorted(i) for i in ids)

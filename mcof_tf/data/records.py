@@ -167,6 +167,11 @@ def _proto_id(ex) -> str:
     return ex.features.feature[ID].bytes_list.value[0].decode()
 
 
+def example_id(serialized: bytes) -> str:
+    """The image id of a serialized example, without decoding any map."""
+    return _proto_id(_proto(serialized))
+
+
 def parse_example(serialized: bytes) -> Record:
     """Serialized example → Record (numpy; no TF graph)."""
     return _record(_proto(serialized))

@@ -15,7 +15,8 @@ def drop_absent_classes(labels: np.ndarray, tags: Iterable[int]) -> np.ndarray:
     return np.where(keep[labels], labels, 0).astype(labels.dtype)
 
 
-def tag_argmax(scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "restrict") -> np.ndarray:
+def tag_argmax(scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "restrict",
+               keep_tags: bool = False) -> np.ndarray:
     """Class of highest score along the last axis, with the image's tags enforced.
 
     rule "restrict": only background and the tagged classes compete (a body that RegionNet finds
@@ -30,9 +31,22 @@ def tag_argmax(scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "r
         return drop_absent_classes(scores.argmax(-1).astype(np.uint8), tags).astype(np.int64)
     if rule != "restrict":
         raise ValueError(f"unknown tag rule {rule!r}")
+    tags = sorted(set(int(t) for t in tags))
     allowed = np.zeros(scores.shape[-1], bool)
     allowed[[0, *tags]] = True
-    return np.where(allowed, scores, -np.inf).argmax(-1)
+    masked = np.where(allowed, scores, -np.inf)
+    labels = masked.argmax(-1)
+    if not keep_tags:
+        return labels
+    probs = np.exp(masked - masked.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    best_object = np.where(np.arange(scores.shape[-1]) == 0, -1.0, probs).argmax(-1)
+    for c in tags:
+        if c == 0 or (labels == c).any():
+            continue
+        p = probs[..., c]
+        labels = np.where((best_object == c) & (p >= 0.5 * p.max()), c, labels)
+    return labels
 
 
 def paint(region_labels: np.ndarray, superpixels: np.ndarray) -> np.ndarray:
