@@ -29,5 +29,10 @@ setup(
     packages=find_packages(include=["mcof_tf", "mcof_tf.*", "beam_jobs", "beam_jobs.*"]),
     package_data={"": ["*.txt"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8"], "dev": ["pytest>=8"]},
+    extras_require={
+        # gRPC/REST client protos for TF Serving (PredictRequest); the tests build requests with them
+        "serving": ["tensorflow-serving-api==2.21.*"],
+        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
+        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
+    },
 )

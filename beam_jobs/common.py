@@ -115,9 +115,12 @@ def write_outputs(records: beam.PCollection, rejected: beam.PCollection, out_dir
         join(out_dir, REJECTED), file_name_suffix=".jsonl", shard_name_template="")
 
 
-def finish(out_dir: str, prefix: str, read: int, fingerprint: str, started: float, extra: Optional[dict] = None) -> dict:
-    """Count what was written, check that nothing was lost, write the manifest last."""
-    written = count_records(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
+def finish(out_dir: str, prefix: str, read: int, fingerprint: str, started: float, extra: Optional[dict] = None,
+           written: Optional[int] = None) -> dict:
+    """Count what was written (TFRecord shards, unless a job that writes other files counts them),
+    check that nothing was lost, write the manifest last."""
+    if written is None:
+        written = count_records(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
     rejected = read_rejected(out_dir)
     manifest = {
         "read": read,

@@ -1,0 +1,126 @@
+"""Beam job: segment image files at scale with an exported SavedModel.
+
+    python -m beam_jobs.predict --model saved_models/<name>/<version> --input GLOB|DIR --output DIR
+                                [--crf] [--scales 0.75,1,1.25] [--overlay] [Beam options]
+
+The same per-image work as `python -m mcof_tf.predict` (VOC-palette PNG per image at
+OUTPUT/<path relative to the input folder>.png, optional CRF, scales, overlays), spread over Beam
+workers; each worker loads the SavedModel once (DoFn.setup; Beam's built-in TF model handler cannot
+load these SavedModels under Keras 3). Files that are not usable images go to OUTPUT/rejected.jsonl
+with the reason; OUTPUT/outputs.txt lists "input<TAB>output" per image; OUTPUT/manifest.json
+(written last) has read == written + rejected. Label PNGs already present are kept, so re-running a
+killed job only does the rest. The input list is made on the launcher (fine for 10^5 files).
+
+On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location gs://B/tmp
+--setup_file ./setup.py` (README, "Running on Dataflow"); --model may be a gs:// path.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_jobs import common
+
+OUTPUTS = "outputs"
+
+
+class PredictFn(beam.DoFn):
+    """Image path → "input<TAB>label PNG path", or a rejection on the `rejected` output."""
+
+    def __init__(self, model: str, base: str, out_dir: str, scales: Sequence[float], crf: bool, overlay: bool):
+        self.model, self.base, self.out_dir = model, base, out_dir
+        self.scales, self.crf, self.overlay = list(scales), crf, overlay
+        self.computed = Metrics.counter("predict", "computed")
+        self.rejected = Metrics.counter("predict", "rejected")
+
+    def setup(self):
+        from mcof_tf.predict import Predictor
+
+        self.predictor = Predictor(self.model)
+
+    def process(self, path):
+        from mcof_tf.data.voc import RejectedInput
+        from mcof_tf.predict import predict_file
+
+        try:
+            target, computed = predict_file(self.predictor, path, self.base, self.out_dir, self.scales,
+                                            self.crf, self.overlay)
+        except RejectedInput as e:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(path, str(e)))
+            return
+        self.computed.inc(int(computed))
+        yield f"{path}\t{target}"
+
+
+def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequence[float] = (1.0,),
+        crf: bool = False, overlay: bool = False) -> dict:
+    import tensorflow as tf
+
+    from mcof_tf.predict import list_inputs
+
+    if not tf.io.gfile.exists(common.join(model, "saved_model.pb")):
+        raise FileNotFoundError(f"{model} holds no SavedModel (saved_model.pb)")
+    base, paths = list_inputs(inputs)
+    tf.io.gfile.makedirs(out_dir)
+    for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
+        for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
+            tf.io.gfile.remove(path)
+    started = time.time()
+    print(f"predict: {len(paths)} images from {inputs} → {out_dir}", flush=True)
+    fn = PredictFn(model, base, out_dir, scales, crf, overlay)
+
+    def build(p):
+        results = (p
+                   | "Paths" >> beam.Create(paths)
+                   | "Spread" >> beam.Reshuffle()
+                   | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs"))
+        results.outputs | "WriteOutputs" >> beam.io.WriteToText(
+            common.join(out_dir, OUTPUTS), file_name_suffix=".txt", shard_name_template="")
+        results[common.REJECTED] | "WriteRejected" >> beam.io.WriteToText(
+            common.join(out_dir, common.REJECTED), file_name_suffix=".jsonl", shard_name_template="")
+
+    common.run_pipeline(pipeline_options, build)
+    with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
+        done = [line.split("\t") for line in f.read().splitlines() if line]
+    missing = [target for _, target in done if not tf.io.gfile.exists(target)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} label maps listed as written are missing, e.g. {missing[0]}")
+    fingerprint = common.fingerprint({"job": "predict", "model": model, "inputs": paths, "scales": list(scales),
+                                      "crf": crf, "overlay": overlay})
+    manifest = common.finish(out_dir, "", len(paths), fingerprint, started, {"model": model, "input": inputs},
+                             written=len(done))
+    print(f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
+          f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s", flush=True)
+    return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from mcof_tf.predict import parse_scales
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="saved_models/<name>/<version> (local or gs://)")
+    parser.add_argument("--input", required=True, help="a folder (searched recursively) or a glob of images")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--crf", action="store_true")
+    parser.add_argument("--scales", default="1")
+    parser.add_argument("--overlay", action="store_true")
+    args, options = common.split_args(parser, argv)
+    try:
+        run(args.model, args.input, args.output, options, parse_scales(args.scales), args.crf, args.overlay)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    # Import through the package so that Beam pickles `beam_jobs.predict.PredictFn`, not `__main__`'s.
+    from beam_jobs.predict import main as _main
+
+    sys.exit(_main())
