@@ -4,6 +4,8 @@
     python -m mcof_tf.bench saliency --records GLOB                   saliency MAE / max F vs ground truth
     python -m mcof_tf.bench train [--steps 3]                          PixelNet training step: images/s,
                                                                       FLOPs, fraction of the matmul ceiling
+    python -m mcof_tf.bench serve [--images 10]                        SavedModel latency vs a direct Keras
+                                                                      forward, CPU config and paper size
 """
 from __future__ import annotations
 
@@ -147,6 +149,71 @@ def bench_train(args) -> None:
         print(line, flush=True)
 
 
+def _median_seconds(fn, items, repeats: int) -> float:
+    """Median seconds per item over `repeats` passes, after one warm-up pass."""
+    for it in items:
+        fn(it)
+    times = []
+    for _ in range(repeats):
+        for it in items:
+            t0 = time.perf_counter()
+            fn(it)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def bench_serve(args) -> None:
+    """Per-image latency of the exported SavedModel against the same Keras model called directly."""
+    import tensorflow as tf
+
+    from mcof_tf import training
+    from mcof_tf.config import load_config
+    from mcof_tf.export import export_saved_model
+
+    for label, config, (h, w) in (("CPU config", "synthetic", (128, 160)),
+                                  ("paper size", "voc2012_vgg16", (375, 500))):
+        cfg = load_config(config, ["model.weights=none"] + args.overrides)
+        num_classes = 21 if config == "voc2012_vgg16" else 7
+        model = training.NETWORKS["pixelnet"].build(num_classes, cfg)
+        mean = tf.constant(cfg.input.mean_rgb, tf.float32)
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 255, (h, w, 3), np.uint8) for _ in range(args.images)]
+        encoded = [tf.io.encode_png(im).numpy() for im in images]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "pixelnet.keras")
+            training.save_model(model, path)
+            version = export_saved_model(path, os.path.join(tmp, "export"), [str(i) for i in range(num_classes)],
+                                         cfg.input.mean_rgb)
+            served = tf.saved_model.load(version)
+            logits_sig, default_sig = served.signatures["predict_logits"], served.signatures["serving_default"]
+
+            def keras_forward(im):
+                return model(tf.constant(im[None], tf.float32) - mean, training=False).numpy()
+
+            def keras_end_to_end(data):  # what serving_default does, written with the Keras model
+                im = tf.cast(tf.io.decode_png(data, channels=3), tf.float32)
+                logits = model(im[None] - mean, training=False)
+                labels = tf.argmax(tf.image.resize(logits, [h, w])[0], -1)
+                return tf.io.encode_png(tf.cast(labels, tf.uint8)[..., None]).numpy()
+
+            compiled = tf.function(lambda x: model(x - mean, training=False))  # Keras model, traced once
+
+            t_keras = _median_seconds(keras_forward, images, args.repeats)
+            t_traced = _median_seconds(lambda im: compiled(tf.constant(im[None], tf.float32)).numpy(), images,
+                                       args.repeats)
+            t_logits = _median_seconds(lambda im: logits_sig(images=tf.constant(im[None], tf.float32))["logits"].numpy(),
+                                       images, args.repeats)
+            t_keras_e2e = _median_seconds(keras_end_to_end, encoded, args.repeats)
+            t_default = _median_seconds(lambda d: default_sig(images=tf.constant([d]))["label_png_bytes"].numpy(),
+                                        encoded, args.repeats)
+        print(f"{label}: PixelNet {cfg.model.backbone} on {h}x{w} images ({args.images} images x {args.repeats}, "
+              f"median per image): Keras forward eager {t_keras * 1e3:.1f} ms, in a tf.function "
+              f"{t_traced * 1e3:.1f} ms; SavedModel predict_logits {t_logits * 1e3:.1f} ms "
+              f"({t_logits / min(t_keras, t_traced):.2f}x the faster Keras); Keras decode+forward+resize+argmax+PNG "
+              f"{t_keras_e2e * 1e3:.1f} ms, SavedModel serving_default {t_default * 1e3:.1f} ms "
+              f"({t_default / t_keras_e2e:.2f}x)", flush=True)
+
+
 def _synthetic_records(cfg, root: str) -> str:
     """Preprocessed records of the benchmark's train split (made once under the experiment's workdir)."""
     from beam_jobs import preprocess
@@ -171,8 +238,13 @@ def main(argv=None) -> int:
     pt.add_argument("--batch", type=int, default=0, help="batch size (default: the config's)")
     pt.add_argument("--records", default=None, help="TFRecords for the input-pipeline measurement")
     pt.add_argument("--set", dest="overrides", action="append", default=[])
+    pv = sub.add_parser("serve", help="SavedModel latency per image vs a direct Keras forward")
+    pv.add_argument("--images", type=int, default=10)
+    pv.add_argument("--repeats", type=int, default=3)
+    pv.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
-    {"preprocess": bench_preprocess, "saliency": bench_saliency, "train": bench_train}[args.what](args)
+    {"preprocess": bench_preprocess, "saliency": bench_saliency, "train": bench_train,
+     "serve": bench_serve}[args.what](args)
     return 0
 
 
