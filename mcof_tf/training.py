@@ -15,6 +15,7 @@ Layout of a stage folder:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -113,15 +114,20 @@ NETWORKS = {
 
 
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
-    """MirroredStrategy over `devices`, or every local GPU, or the one CPU when there is no GPU.
+    """MirroredStrategy over `devices`, or over every local GPU; TensorFlow's default strategy when
+    that is a single device (the CPU when there is no GPU).
+
+    One device needs no cross-device machinery (the default strategy was also a little faster on
+    the paper config: 0.68 vs 0.66 of the matmul ceiling, README benchmarks).
 
     One strategy per device set and process: the MCOF loop trains several networks in one process,
     and a second MirroredStrategy over the same devices reuses collective-op keys of the first
     (measured: "Shape mismatch in the collective instance" when CAM then RegionNet trained).
     """
-    if not devices:
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
-    return _strategy(tuple(devices))
+    if devices:
+        return _strategy(tuple(devices)) if len(devices) > 1 else tf.distribute.OneDeviceStrategy(devices[0])
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    return _strategy(tuple(gpus)) if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,15 +135,30 @@ def _strategy(devices: tuple) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(list(devices))
 
 
-def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size: int) -> tf.data.Dataset:
-    """The training input of `network`: augmented batches as (inputs, targets)."""
+def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size: int,
+                  shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
+    """The training input of `network`: augmented batches as (inputs, targets); `shard`: (number of
+    input pipelines, this one's index) when several workers read the records."""
     from mcof_tf.data.pipeline import dataset_from_config
 
     net = NETWORKS[network]
     ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=batch_size,
-                             seed=cfg.experiment.seed)
+                             seed=cfg.experiment.seed, shard=shard)
     ds = ds.map(functools.partial(net.batch, num_classes=num_classes, cfg=cfg), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_input(network: str, records: str, cfg, num_classes: int, global_batch: int,
+                      strategy: tf.distribute.Strategy, skip_steps: int = 0):
+    """`input_dataset` built by the strategy itself, once per input pipeline (worker), sharded by
+    worker and batched per replica (what multi-worker training needs; one pipeline on one machine).
+    `skip_steps`: global steps already trained (a resumed run continues the same stream)."""
+    def fn(ctx: tf.distribute.InputContext):
+        ds = input_dataset(network, records, cfg, num_classes, ctx.get_per_replica_batch_size(global_batch),
+                           (ctx.num_input_pipelines, ctx.input_pipeline_id))
+        return ds.skip(skip_steps * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+
+    return strategy.distribute_datasets_from_function(fn)
 
 
 def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
@@ -179,12 +200,21 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
         steps_per_epoch = cfg.train.steps_per_epoch or max(count_records(records) // stage.batch_size, 1)
     strategy = strategy or make_strategy(cfg.train.devices)
     os.makedirs(out_dir, exist_ok=True)
-    ds = input_dataset(network, records, cfg, num_classes, stage.batch_size)
+    # TF combines the pipeline's op seeds with the global seed: set it first, so that a stage trained
+    # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
+    keras.utils.set_random_seed(cfg.experiment.seed)
+    backup = os.path.join(out_dir, "backup")
+    done_epochs = _backed_up_epochs(backup)
+    if done_epochs:  # a resumed run sees the batches an uninterrupted one would have seen next
+        print(f"train {network}: resuming after epoch {done_epochs} from {backup}", flush=True)
+    ds = distributed_input(network, records, cfg, num_classes, stage.batch_size, strategy,
+                           done_epochs * steps_per_epoch)
     model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
     if init_from:  # (a resumed run's backup still takes precedence: BackupAndRestore loads it later)
         model.set_weights(load_model(init_from).get_weights())
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+        # double_checkpoint: a kill while the backup is being written leaves the previous one usable
+        keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
         *callbacks,
     ]
@@ -196,6 +226,15 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
               shuffle=False)  # the tf.data pipeline shuffles (seeded)
     save_model(model, os.path.join(out_dir, MODEL_FILE))
     return model
+
+
+def _backed_up_epochs(backup_dir: str) -> int:
+    """Epochs completed by a killed run, from the metadata keras.callbacks.BackupAndRestore writes."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
 
 
 def save_model(model: keras.Model, path: str) -> None:

@@ -2,8 +2,8 @@
 
 Every map that is aligned with the image (labels, ground truth, saliency, superpixels) goes through
 exactly the same random scale, crop and flip as the image, so labels never drift off their pixels.
-Randomness is stateless and drawn from `tf.data.Dataset.random(seed)`, so a seed fixes data order and
-augmentation.
+Randomness is stateless: shuffles are seeded per epoch and augmentation per example position, so a
+seed fixes data order and augmentation, whatever iterators are made or resumed.
 
 Padding values: image 0 (after mean subtraction, i.e. the mean colour), labels and ground truth 255
 (ignored by the losses), saliency 0, superpixels -1 (no superpixel).
@@ -82,27 +82,45 @@ def augment(ex: dict, seed, crop_size: int, min_scale: float, max_scale: float, 
 def make_dataset(pattern: str, num_classes: int, *, batch_size: int, training: bool,
                  crop_size: int = 321, min_scale: float = 0.7, max_scale: float = 1.3, flip: bool = True,
                  mean_rgb: Sequence[float] = (123.68, 116.779, 103.939), shuffle_buffer: int = 512,
-                 seed: int = 0, repeat: Optional[bool] = None) -> tf.data.Dataset:
+                 seed: int = 0, repeat: Optional[bool] = None, shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """Batches of dicts (image, tags, labels, groundtruth, saliency, superpixels, id, ...).
 
     training=True: shuffled (files and examples), augmented to crop_size², repeated, fixed-size batches.
     training=False: file order, full-size images, padded batches (image 0, labels 255, superpixels -1).
+    shard: (count, index): this reader takes every count-th example from index (multi-worker input).
     """
     files = list_files(pattern)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 4),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat if repeat is not None else training:
-        ds = ds.repeat()
+
+    def examples(epoch):
+        """One pass over the records; in training, files and blocks of `shuffle_buffer` examples are
+        shuffled with seeds derived from (seed, epoch, block)."""
+        epoch_seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+        names = tf.constant(files)
+        if training:
+            names = tf.random.experimental.stateless_shuffle(names, seed=epoch_seed)
+        ds = tf.data.Dataset.from_tensor_slices(names).interleave(
+            tf.data.TFRecordDataset, cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+        if shard[0] > 1:
+            ds = ds.shard(*shard)
+        if training:
+            ds = tf.data.Dataset.zip((ds.batch(shuffle_buffer), tf.data.Dataset.counter())).flat_map(
+                lambda block, i: tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
+                    block, seed=tf.random.experimental.stateless_fold_in(epoch_seed, i))))
+        return ds
+
+    # Every random choice is a function of (seed, epoch, position), never of iterator state: a new
+    # iterator (Keras makes them as it sees fit) or a resumed run reproduces the same stream. Seeded
+    # shuffles with reshuffle_each_iteration gave different orders between runs under Keras fit (and a
+    # shuffle buffer cannot take a per-epoch seed tensor): blocks are shuffled statelessly instead.
+    repeated = repeat if repeat is not None else training
+    epochs = tf.data.Dataset.counter() if repeated else tf.data.Dataset.range(1)
+    ds = epochs.flat_map(examples)
     ds = ds.map(lambda s: _to_float_maps(records.decode_example(s, num_classes), mean_rgb),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training:
-        rand = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, rand)).map(
+        position = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
+        ds = tf.data.Dataset.zip((ds, position)).map(
             lambda ex, s: augment(ex, s, crop_size, min_scale, max_scale, flip),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=True)
@@ -115,9 +133,9 @@ def make_dataset(pattern: str, num_classes: int, *, batch_size: int, training: b
 
 
 def dataset_from_config(pattern: str, num_classes: int, input_cfg, *, training: bool, batch_size: int,
-                        seed: int = 0, repeat: Optional[bool] = None) -> tf.data.Dataset:
+                        seed: int = 0, repeat: Optional[bool] = None, shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """`make_dataset` with the settings of a config's `input:` section."""
     return make_dataset(pattern, num_classes, batch_size=batch_size, training=training,
                         crop_size=input_cfg.crop_size, min_scale=input_cfg.min_scale,
                         max_scale=input_cfg.max_scale, flip=input_cfg.flip, mean_rgb=input_cfg.mean_rgb,
-                        shuffle_buffer=input_cfg.shuffle_buffer, seed=seed, repeat=repeat)
+                        shuffle_buffer=input_cfg.shuffle_buffer, seed=seed, repeat=repeat, shard=shard)
