@@ -114,7 +114,8 @@ NETWORKS = {
 
 
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
-    """MirroredStrategy over `devices`, or over every local GPU; TensorFlow's default strategy when
+    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several workers; else
+    MirroredStrategy over `devices`, or over every local GPU; TensorFlow's default strategy when
     that is a single device (the CPU when there is no GPU).
 
     One device needs no cross-device machinery (the default strategy was also a little faster on
@@ -124,6 +125,8 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
     and a second MirroredStrategy over the same devices reuses collective-op keys of the first
     (measured: "Shape mismatch in the collective instance" when CAM then RegionNet trained).
     """
+    if cluster_size() > 1:
+        return _multi_worker()
     if devices:
         return _strategy(tuple(devices)) if len(devices) > 1 else tf.distribute.OneDeviceStrategy(devices[0])
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
@@ -133,6 +136,28 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
 @functools.lru_cache(maxsize=None)
 def _strategy(devices: tuple) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(list(devices))
+
+
+def cluster_size() -> int:
+    """Number of training processes TF_CONFIG describes (1 without TF_CONFIG)."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker")) or 1
+
+
+@functools.lru_cache(maxsize=None)
+def _multi_worker() -> tf.distribute.Strategy:
+    # Collective ops are configured when the strategy is made: make it before other TF work
+    # (the CLIs call make_strategy() first when TF_CONFIG is set).
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the shared outputs (the chief, or worker 0 when there is none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size: int,
@@ -199,6 +224,8 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     if not steps_per_epoch:
         steps_per_epoch = cfg.train.steps_per_epoch or max(count_records(records) // stage.batch_size, 1)
     strategy = strategy or make_strategy(cfg.train.devices)
+    if not is_chief(strategy):  # every worker trains and saves (collectives), only the chief's files count
+        out_dir = os.path.join(out_dir, f"worker-{strategy.cluster_resolver.task_id}")
     os.makedirs(out_dir, exist_ok=True)
     # TF combines the pipeline's op seeds with the global seed: set it first, so that a stage trained
     # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
@@ -222,10 +249,56 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
           f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters", flush=True)
     if verbose is None:  # a live bar on a terminal, one line per epoch in logs
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-              shuffle=False)  # the tf.data pipeline shuffles (seeded)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras 3 `fit` fails under it (here: "Attempt to convert a value (PerReplica...)", cf.
+        # keras-team/keras#20585), so multi-worker training takes a plain loop over the same pieces.
+        _fit_multi_worker(model, ds, strategy, epochs, steps_per_epoch, backup, done_epochs,
+                          os.path.join(out_dir, "logs"))
+    else:
+        model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # the tf.data pipeline shuffles (seeded)
     save_model(model, os.path.join(out_dir, MODEL_FILE))
     return model
+
+
+def _fit_multi_worker(model: keras.Model, ds, strategy, epochs: int, steps_per_epoch: int, backup: str,
+                      done_epochs: int, log_dir: str) -> None:
+    """Synchronous data-parallel SGD with the model's compiled loss and optimizer; a backup in the
+    layout BackupAndRestore uses (weights incl. optimizer state + training_metadata.json) every epoch."""
+    loss_fn, optimizer, replicas = model.loss, model.optimizer, strategy.num_replicas_in_sync
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+    weights = os.path.join(backup, "latest.weights.h5")
+    if done_epochs and os.path.exists(weights):
+        model.load_weights(weights)
+
+    def replica_step(inputs, targets):
+        with tf.GradientTape() as tape:
+            outputs = model(inputs, training=True)
+            # each replica's mean loss / replicas: the all-reduced (summed) gradient is the global mean's
+            loss = (loss_fn(targets, outputs) + tf.add_n(model.losses or [tf.constant(0.0)])) / replicas
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        per_replica = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    iterator = iter(ds)
+    writer = tf.summary.create_file_writer(log_dir)
+    for epoch in range(done_epochs, epochs):
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            total += float(train_step(iterator))
+        print(f"Epoch {epoch + 1}/{epochs} - loss: {total / steps_per_epoch:.4f}", flush=True)
+        with writer.as_default():
+            tf.summary.scalar("epoch_loss", total / steps_per_epoch, step=epoch)
+        os.makedirs(backup, exist_ok=True)
+        model.save_weights(weights + ".tmp.weights.h5")
+        os.replace(weights + ".tmp.weights.h5", weights)
+        with open(os.path.join(backup, "training_metadata.json"), "w") as f:
+            json.dump({"epoch": epoch + 1, "batch": 0}, f)
 
 
 def _backed_up_epochs(backup_dir: str) -> int:

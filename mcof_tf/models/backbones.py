@@ -41,7 +41,9 @@ def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: boo
             x = layers.Conv2D(f, 3, padding="same", dilation_rate=2 if b == 5 else 1, use_bias=not batch_norm,
                               kernel_regularizer=_regularizer(weight_decay), name=name)(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"{name}_bn")(x)
+                # synchronized: with several replicas/workers the statistics are the global batch's,
+                # so the moving averages stay identical on every worker (else they drift apart)
+                x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
             x = layers.Activation("relu", name=f"{name}_relu")(x)
         x = layers.MaxPooling2D(3, strides=2 if b <= 3 else 1, padding="same", name=f"block{b}_pool")(x)
     return x
