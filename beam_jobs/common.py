@@ -25,6 +25,7 @@ import apache_beam as beam
 import tensorflow as tf
 
 from mcof_tf.data.records import count_records, example_id
+from mcof_tf.fileio import writable_dir
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected"
@@ -62,7 +63,7 @@ def write_json_atomic(path: str, value) -> None:
 
 def prepare_output(out_dir: str, prefix: str) -> None:
     """Empty the folder of an earlier, unfinished attempt: stale shards must never be mixed in."""
-    tf.io.gfile.makedirs(out_dir)
+    writable_dir(out_dir)
     for pattern in (f"{prefix}-*{SHARD_SUFFIX}*", f"{REJECTED}*", f"{MANIFEST}*"):
         for path in tf.io.gfile.glob(join(out_dir, pattern)):
             tf.io.gfile.remove(path)

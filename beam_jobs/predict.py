@@ -67,7 +67,7 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
     if not tf.io.gfile.exists(common.join(model, "saved_model.pb")):
         raise FileNotFoundError(f"{model} holds no SavedModel (saved_model.pb)")
     base, paths = list_inputs(inputs)
-    tf.io.gfile.makedirs(out_dir)
+    common.writable_dir(out_dir)
     for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
         for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
             tf.io.gfile.remove(path)

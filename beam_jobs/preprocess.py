@@ -158,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         root = ensure_dataset(cfg.data, args.data_root)
         run(root, args.split or cfg.data.train_split, args.out, cfg, options)
-    except (ConfigError, DatasetError, FileExistsError) as e:
+    except (ConfigError, DatasetError, FileExistsError, ValueError) as e:  # ValueError: e.g. an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

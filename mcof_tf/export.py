@@ -121,6 +121,7 @@ def export_saved_model(model_file: str, base_dir: str, classes: Sequence[str], m
 def main(argv=None) -> int:
     from mcof_tf.config import InputConfig
     from mcof_tf.data.voc import VOC_CLASSES, DatasetError, read_classes
+    from mcof_tf.fileio import writable_dir
     from mcof_tf.training import MODEL_FILE
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
         mean = [float(x) for x in a.mean_rgb.split(",")]
         if len(mean) != 3:
             raise ValueError("--mean-rgb needs three values")
-        os.makedirs(a.out, exist_ok=True)
+        writable_dir(a.out)
     except (DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -184,20 +184,27 @@ def report(workdir: str) -> dict:
 
 def claim_workdir(run: Run) -> None:
     """Record which config and variant own the workdir; refuse to mix runs of different ones."""
-    os.makedirs(run.workdir, exist_ok=True)
+    from mcof_tf.fileio import writable_dir
+
+    writable_dir(run.workdir)
     path = run.path("config.json")
     mine = {"config": run.cfg.to_dict(), "variant": run.variant, "data_root": os.path.abspath(run.data_root)}
 
     def comparable(d):
         # where the workdir is and which devices train may change between a run and its resumption
-        c = json.loads(json.dumps(d))
-        c["config"]["experiment"].pop("workdir", None)
-        c["config"]["train"].pop("devices", None)
+        c = json.loads(json.dumps(d)) if isinstance(d, dict) else {}
+        cfg = c.get("config") if isinstance(c.get("config"), dict) else {}
+        for section, key in (("experiment", "workdir"), ("train", "devices")):
+            if isinstance(cfg.get(section), dict):
+                cfg[section].pop(key, None)
         return json.dumps(c, sort_keys=True)
 
     if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
+        try:
+            with open(path) as f:
+                theirs = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a readable run record ({e}); use another --workdir") from e
         if comparable(theirs) != comparable(mine):
             raise ValueError(f"{run.workdir} was made by a different config, variant or dataset; use another "
                              "--workdir (or delete it) rather than mixing runs")

@@ -169,10 +169,11 @@ def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,),
     import tensorflow as tf
 
     from mcof_tf.data.voc import RejectedInput
+    from mcof_tf.fileio import writable_dir
 
-    base, paths = list_inputs(images)
     predictor = Predictor(model)
-    tf.io.gfile.makedirs(out_dir)
+    base, paths = list_inputs(images)
+    writable_dir(out_dir)
     rejected, written, existing = [], 0, 0
     started = time.time()
     for i, path in enumerate(paths, 1):

@@ -1,0 +1,20 @@
+"""Small file helpers shared by the CLIs and Beam jobs (local paths or gs:// through tf.io.gfile)."""
+from __future__ import annotations
+
+import uuid
+
+
+def writable_dir(path: str) -> str:
+    """Create `path` if needed and prove that it takes files, so that a job fails at its start with a
+    clear message rather than after hours of work; raises ValueError naming the path."""
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.makedirs(path)
+        probe = f"{path.rstrip('/')}/.write-test-{uuid.uuid4().hex}"
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        raise ValueError(f"cannot write to {path}: {getattr(e, 'message', None) or e}") from e
+    return path
