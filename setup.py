@@ -32,6 +32,8 @@ setup(
     extras_require={
         # gRPC/REST client protos for TF Serving (PredictRequest); the tests build requests with them
         "serving": ["tensorflow-serving-api==2.21.*"],
+        # gs:// paths: TensorFlow reads Google Cloud Storage only through this plugin
+        "gcs": ["tensorflow[gcs-filesystem]==2.21.*"],
         "test": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
         "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
     },
