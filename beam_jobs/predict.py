@@ -101,15 +101,13 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mcof_tf.predict import parse_scales
+    from mcof_tf.predict import add_options, parse_scales
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved_models/<name>/<version> (local or gs://)")
     parser.add_argument("--input", required=True, help="a folder (searched recursively) or a glob of images")
     parser.add_argument("--output", required=True)
-    parser.add_argument("--crf", action="store_true")
-    parser.add_argument("--scales", default="1")
-    parser.add_argument("--overlay", action="store_true")
+    add_options(parser)
     args, options = common.split_args(parser, argv)
     try:
         run(args.model, args.input, args.output, options, parse_scales(args.scales), args.crf, args.overlay)

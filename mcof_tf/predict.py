@@ -193,14 +193,19 @@ def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,),
     return summary
 
 
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The per-image options shared with `beam_jobs.predict`."""
+    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
+    p.add_argument("--scales", default="1", help="comma-separated input scales to average, e.g. 0.75,1,1.25")
+    p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.jpg")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="saved_models/<name>/<version>")
     p.add_argument("--images", required=True, help="a folder (searched recursively) or a glob, local or gs://")
     p.add_argument("--out", required=True)
-    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
-    p.add_argument("--scales", default="1", help="comma-separated input scales to average, e.g. 0.75,1,1.25")
-    p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.jpg")
+    add_options(p)
     a = p.parse_args(argv)
     import tensorflow as tf
 
