@@ -146,8 +146,8 @@ def cluster_size() -> int:
 
 @functools.lru_cache(maxsize=None)
 def _multi_worker() -> tf.distribute.Strategy:
-    # Collective ops are configured when the strategy is made: make it before other TF work
-    # (the CLIs call make_strategy() first when TF_CONFIG is set).
+    # Collective ops are configured when the strategy is made: a multi-worker program calls
+    # make_strategy() before other TF work (as tests/test_multiworker.py's worker does).
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -264,7 +264,8 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
 def _fit_multi_worker(model: keras.Model, ds, strategy, epochs: int, steps_per_epoch: int, backup: str,
                       done_epochs: int, log_dir: str) -> None:
     """Synchronous data-parallel SGD with the model's compiled loss and optimizer; a backup in the
-    layout BackupAndRestore uses (weights incl. optimizer state + training_metadata.json) every epoch."""
+    layout BackupAndRestore uses (weights incl. optimizer state + training_metadata.json) every epoch.
+    Keras callbacks are not called on this path (the epoch loss goes to stdout and TensorBoard)."""
     loss_fn, optimizer, replicas = model.loss, model.optimizer, strategy.num_replicas_in_sync
     with strategy.scope():
         optimizer.build(model.trainable_variables)
