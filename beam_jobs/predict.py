@@ -62,10 +62,9 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
         crf: bool = False, overlay: bool = False) -> dict:
     import tensorflow as tf
 
-    from mcof_tf.predict import list_inputs
+    from mcof_tf.predict import check_saved_model, list_inputs
 
-    if not tf.io.gfile.exists(common.join(model, "saved_model.pb")):
-        raise FileNotFoundError(f"{model} holds no SavedModel (saved_model.pb)")
+    check_saved_model(model)  # on the launcher, before any worker starts
     base, paths = list_inputs(inputs)
     common.writable_dir(out_dir)
     for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume

@@ -61,6 +61,15 @@ def output_name(path: str, base: str) -> str:
     return "/".join(parts)
 
 
+def check_saved_model(model_dir: str) -> str:
+    """Fail early and clearly when `model_dir` is not an exported SavedModel version folder."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(f"{model_dir.rstrip('/')}/saved_model.pb"):
+        raise FileNotFoundError(f"{model_dir} holds no SavedModel (saved_model.pb)")
+    return model_dir
+
+
 class Predictor:
     """A SavedModel from `python -m mcof_tf.export`, applied to one RGB image at a time."""
 
@@ -69,9 +78,7 @@ class Predictor:
 
         from mcof_tf.data.voc import VOC_CLASSES, read_classes
 
-        if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
-            raise FileNotFoundError(f"{model_dir} holds no SavedModel (saved_model.pb)")
-        self.model = tf.saved_model.load(model_dir)
+        self.model = tf.saved_model.load(check_saved_model(model_dir))
         self.forward = self.model.signatures["predict_logits"]
         self.max_side = max_side  # as in the export's serving_default: larger images are scaled down
         names = os.path.join(model_dir, CLASSES_FILE)
@@ -142,13 +149,14 @@ def predict_file(predictor: Predictor, path: str, base: str, out_dir: str, scale
 
     name = output_name(path, base)
     target = f"{out_dir.rstrip('/')}/{name}.png"
-    if tf.io.gfile.exists(target) and (not overlay or tf.io.gfile.exists(f"{out_dir}/{OVERLAYS}/{name}.jpg")):
+    blend = f"{out_dir.rstrip('/')}/{OVERLAYS}/{name}.jpg"
+    if tf.io.gfile.exists(target) and (not overlay or tf.io.gfile.exists(blend)):
         return target, False
     with tf.io.gfile.GFile(path, "rb") as f:
         image, _, _ = decode_image(f.read(), what=path)
     labels = predictor.probabilities(image, scales, crf).argmax(-1).astype(np.uint8)
     if overlay:  # first, so that the label PNG (the resume marker) is written last
-        _write_atomic(f"{out_dir.rstrip('/')}/{OVERLAYS}/{name}.jpg", overlay_jpeg(image, labels))
+        _write_atomic(blend, overlay_jpeg(image, labels))
     _write_atomic(target, palette_png(labels))
     return target, True
 
