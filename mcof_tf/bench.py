@@ -6,6 +6,11 @@
                                                                       FLOPs, fraction of the matmul ceiling
     python -m mcof_tf.bench serve [--images 10]                        SavedModel latency vs a direct Keras
                                                                       forward, CPU config and paper size
+    python -m mcof_tf.bench method [--config C] [--seeds 0,1,2]        the MCOF loop under several experiment
+        [--variants mcof,no_saliency,direct_iterative,fully_supervised] seeds: mean ± std of every stage,
+        [--iter 3] [--root runs/bench]                                 the ratio to full supervision and each
+                                                                      ablation's difference (finished
+                                                                      workdirs are reused, killed ones resume)
 """
 from __future__ import annotations
 
@@ -223,6 +228,101 @@ def _synthetic_records(cfg, root: str) -> str:
     return os.path.join(out, "*.tfrecord")
 
 
+METHOD_VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
+
+
+def _mean_std(values) -> tuple[float, float, int]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else 0.0), len(v)
+
+
+def summarize_method(reports: dict) -> dict:
+    """reports: {(variant, seed): report.json dict} → per-variant rows of mean/std over seeds of every
+    (iteration, stage, split) figure, the final val / fully supervised ratio, and each ablation's
+    per-seed difference from "mcof" at the last iteration (mean/std over the seeds both have)."""
+    table: dict = {}
+    for (variant, seed), rep in sorted(reports.items()):
+        for r in rep["stages"]:
+            key = (variant, r["iteration"], r["stage"], r["split"])
+            for metric in ("miou", "object_precision", "object_recall"):
+                if r.get(metric) is not None:
+                    table.setdefault(key, {}).setdefault(metric, {})[seed] = r[metric]
+    rows = []
+    for (variant, it, stage, split), metrics in sorted(table.items(), key=lambda kv: (
+            METHOD_VARIANTS.index(kv[0][0]) if kv[0][0] in METHOD_VARIANTS else 99, kv[0][1:])):
+        row = {"variant": variant, "iteration": it, "stage": stage, "split": split}
+        for metric, by_seed in metrics.items():
+            row[metric], row[metric + "_std"], row["seeds"] = _mean_std(list(by_seed.values()))
+        rows.append(row)
+
+    def final_val(variant):
+        vals = [r for r in rows if r["variant"] == variant and r["split"] == "val"]
+        return max(vals, key=lambda r: r["iteration"]) if vals else None
+
+    out = {"rows": rows, "differences": []}
+    mcof, full = final_val("mcof"), final_val("fully_supervised")
+    if mcof and full and full["miou"] > 0:
+        out["ratio_to_fully_supervised"] = mcof["miou"] / full["miou"]
+    if mcof:
+        base = table[("mcof", mcof["iteration"], "pixelnet", "val")]["miou"]
+        for variant in METHOD_VARIANTS[1:3]:
+            key = (variant, mcof["iteration"], "pixelnet", "val")
+            if key in table:
+                common_seeds = sorted(set(base) & set(table[key]["miou"]))
+                if common_seeds:
+                    mean, std, n = _mean_std([base[s] - table[key]["miou"][s] for s in common_seeds])
+                    out["differences"].append({"variant": variant, "iteration": mcof["iteration"],
+                                               "mcof_minus_variant": mean, "std": std, "seeds": n})
+    return out
+
+
+def bench_method(args) -> None:
+    from mcof_tf.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(METHOD_VARIANTS))
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(METHOD_VARIANTS)}")
+    flags = {"mcof": [], "no_saliency": ["--no-saliency"], "direct_iterative": ["--direct-iterative"],
+             "fully_supervised": ["--fully-supervised"]}
+    reports = {}
+    for variant in variants:
+        for seed in seeds:
+            workdir = os.path.join(args.root, cfg.experiment.name, f"{variant}-seed{seed}")
+            cmd = [sys.executable, "-m", "mcof_tf.train", "--workdir", workdir, "--no-export",
+                   "--iter", str(1 if variant == "fully_supervised" else args.iterations),
+                   "--set", f"experiment.seed={seed}", *flags[variant]]
+            if args.config:
+                cmd += ["--config", args.config]
+            for o in args.overrides:
+                cmd += ["--set", o]
+            t0 = time.time()
+            print(f"bench method: {variant} seed {seed} → {workdir}", flush=True)
+            os.makedirs(os.path.dirname(workdir), exist_ok=True)
+            with open(workdir + ".log", "a") as log:  # the run's own output, kept beside its workdir
+                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+            print(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+            with open(os.path.join(workdir, "report.json")) as f:
+                reports[(variant, seed)] = json.load(f)
+    summary = summarize_method(reports)
+    with open(os.path.join(args.root, cfg.experiment.name, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"\n{cfg.experiment.name}: mean ± std over seeds {args.seeds} (mIoU %, object precision / recall %)")
+    print(f"{'variant':17s} {'it':>2s} {'stage':9s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}")
+    for r in summary["rows"]:
+        def ms(metric):
+            return f"{r[metric]:6.2f} ± {r[metric + '_std']:4.2f}" if metric in r else f"{'-':>13s}"
+        print(f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:9s} {r['split']:5s} {ms('miou')} "
+              f"{ms('object_precision')} {ms('object_recall')}")
+    if "ratio_to_fully_supervised" in summary:
+        print(f"final val / fully supervised: {summary['ratio_to_fully_supervised']:.3f}")
+    for d in summary["differences"]:
+        print(f"mcof - {d['variant']} (val, iteration {d['iteration']}): {d['mcof_minus_variant']:+.2f} ± "
+              f"{d['std']:.2f} over {d['seeds']} seeds")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -242,9 +342,17 @@ def main(argv=None) -> int:
     pv.add_argument("--images", type=int, default=10)
     pv.add_argument("--repeats", type=int, default=3)
     pv.add_argument("--set", dest="overrides", action="append", default=[])
+    pm = sub.add_parser("method", help="the MCOF loop under several seeds: mean ± std per stage and variant")
+    pm.add_argument("--config", default=None)
+    pm.add_argument("--set", dest="overrides", action="append", default=[])
+    pm.add_argument("--seeds", default="0,1,2", help="experiment seeds, comma-separated")
+    pm.add_argument("--variants", default=",".join(METHOD_VARIANTS), help="comma-separated, of "
+                    + ", ".join(METHOD_VARIANTS))
+    pm.add_argument("--iter", dest="iterations", type=int, default=3)
+    pm.add_argument("--root", default="runs/bench", help="workdirs go to ROOT/<experiment name>/<variant>-seed<s>")
     args = p.parse_args(argv)
     {"preprocess": bench_preprocess, "saliency": bench_saliency, "train": bench_train,
-     "serve": bench_serve}[args.what](args)
+     "serve": bench_serve, "method": bench_method}[args.what](args)
     return 0
 
 

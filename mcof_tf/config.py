@@ -40,6 +40,11 @@ class SyntheticConfig:
     num_val: int = 60
     min_side: int = 96
     max_side: int = 160
+    num_classes: int = 6  # object classes: the first N of the generator's ten (2..10)
+    # body radius of a lone object as a fraction of the image's shorter side, drawn in [min, max]
+    object_scale: list[float] = field(default_factory=lambda: [0.28, 0.45])
+    backgrounds: str = "photos"  # photos: colour photographs | grey: tinted greyscale photographs
+    distractors: float = 0.45  # share of images with a salient object of no class
 
 
 @dataclass
@@ -142,6 +147,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     classifier_lr_mult: float = 10.0  # the last layer learns 10x faster (bias 2x that), DeepLab solvers
+    # RegionNet / PixelNet cross-entropy weights f_c ** -class_balance, f_c = class share in the batch
+    # (0: plain eq. 1 / eq. 3). See mcof_tf.models.losses.balance_weights.
+    class_balance: float = 0.0
     mixed_precision: bool = False  # mixed_float16 (for GPUs)
     # XLA-compile the train step. Keras' "auto" leaves it off on CPU-only machines, where it is the
     # difference between 0.41 and 0.63 of the matmul ceiling for a DeepLab-LargeFOV step (bench train).
@@ -182,6 +190,7 @@ _CHOICES = {
     "saliency.method": ("auto", "dataset", "geodesic"),
     "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
     "labels.tag_rule": ("restrict", "background"),
+    "data.synthetic.backgrounds": ("photos", "grey"),
 }
 
 

@@ -60,7 +60,7 @@ class Network:
     """What one of the three networks needs from the shared routine."""
     name: str
     build: Callable[..., keras.Model]  # (num_classes, cfg) → model
-    loss: Callable[[], keras.losses.Loss]
+    loss: Callable[..., keras.losses.Loss]  # (cfg) → loss
     metrics: Callable[[int], list]  # num_classes → metrics
     classifier: str  # layer with the 10x / 20x learning rate
     batch: Callable[..., tuple]  # (pipeline batch dict, num_classes, cfg) → (inputs, targets)
@@ -96,6 +96,14 @@ def _pixelnet_batch(b, num_classes, cfg):
     return b["image"], b["labels"]
 
 
+def _masked_ce(cfg):
+    return losses.MaskedCrossEntropy(class_balance=cfg.train.class_balance)
+
+
+def _tag_bce(cfg):
+    return keras.losses.BinaryCrossentropy(from_logits=True)
+
+
 def _segmentation_metrics(num_classes):
     return [losses.SegmentationMeanIoU(num_classes)]
 
@@ -103,12 +111,12 @@ def _segmentation_metrics(num_classes):
 # Named functions, not lambdas: tf.data's autograph re-reads a function's source by line, and
 # several lambdas on one line (or a file edited under a running job) make it convert the wrong one.
 NETWORKS = {
-    "cam": Network("cam", _build_cam, lambda: keras.losses.BinaryCrossentropy(from_logits=True),
+    "cam": Network("cam", _build_cam, _tag_bce,
                    lambda n: [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy")], CAM_CLASSIFIER,
                    _cam_batch),
-    "regionnet": Network("regionnet", _build_regionnet, losses.MaskedCrossEntropy, _segmentation_metrics,
+    "regionnet": Network("regionnet", _build_regionnet, _masked_ce, _segmentation_metrics,
                          REGION_CLASSIFIER, _regionnet_batch),
-    "pixelnet": Network("pixelnet", _build_pixelnet, losses.MaskedCrossEntropy, _segmentation_metrics,
+    "pixelnet": Network("pixelnet", _build_pixelnet, _masked_ce, _segmentation_metrics,
                         PIXEL_CLASSIFIER, _pixelnet_batch),
 }
 
@@ -205,7 +213,7 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
             {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
             learning_rate=schedule, momentum=cfg.train.momentum)
         jit = cfg.train.jit_compile and all(layer.supports_jit for layer in model._flatten_layers())
-        model.compile(optimizer=optimizer, loss=net.loss(), metrics=net.metrics(num_classes), jit_compile=jit)
+        model.compile(optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit)
     return model
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mcof_tf.evaluate import confusion, iou_per_class, mean_iou, metrics_entry
+from mcof_tf.evaluate import confusion, iou_per_class, mean_iou, metrics_entry, object_precision_recall
 
 
 def test_confusion_skips_void_and_counts_unlabelled_predictions_as_background():
@@ -27,3 +27,16 @@ def test_iou_and_miou_by_hand():
 def test_confusion_rejects_out_of_range_labels():
     with pytest.raises(ValueError):
         confusion(np.array([[5]]), np.array([[0]]), 3)
+
+
+def test_object_precision_and_recall_by_hand():
+    # rows = ground truth (bg, a, b), columns = prediction; unlabelled predictions are in column 0
+    c = np.array([[50, 2, 0],
+                  [6, 8, 0],
+                  [4, 2, 6]])
+    precision, recall = object_precision_recall(c)
+    assert abs(precision - 100 * 14 / 18) < 1e-9  # 18 pixels labelled as objects, 14 right
+    assert abs(recall - 100 * 14 / 26) < 1e-9  # 26 object pixels, 14 found
+    e = metrics_entry(c, ["bg", "a", "b"])
+    assert e["object_precision"] == round(100 * 14 / 18, 3) and e["object_recall"] == round(100 * 14 / 26, 3)
+    assert object_precision_recall(np.diag([5, 0, 0])) == (0.0, 0.0)  # nothing labelled, no objects

@@ -37,6 +37,27 @@ def test_vgg16_weights_transfer_from_a_local_file(tmp_path):
         deeplab_largefov(5, backbone="vgg16_small", width=0.25, weights=path)
 
 
+def test_hed_vgg16_weights_from_the_installed_package():
+    import h5py
+
+    from mcof_tf.models.backbones import hed_weights_file
+
+    path = hed_weights_file()
+    m = deeplab_largefov(5, weights="hed-vgg16")
+    with h5py.File(path, "r") as f:
+        first = f["block1/layers/conv2d/vars/0"][()]
+        last = f["block5/layers/conv2d_2/vars/0"][()]
+        bias = f["block3/layers/conv2d_1/vars/1"][()]
+    np.testing.assert_array_equal(m.get_layer("block1_conv1").get_weights()[0], first[:, :, ::-1, :])
+    np.testing.assert_array_equal(m.get_layer("block5_conv3").get_weights()[0], last)
+    np.testing.assert_array_equal(m.get_layer("block3_conv2").get_weights()[1], bias)
+    # batch-norm VGG16 (no conv bias) takes the kernels only
+    bn = deeplab_largefov(5, weights="hed-vgg16", batch_norm=True)
+    np.testing.assert_array_equal(bn.get_layer("block5_conv3").get_weights()[0], last)
+    with pytest.raises(ValueError, match="model.backbone: vgg16"):
+        deeplab_largefov(5, backbone="resnet101", weights="hed-vgg16")
+
+
 def test_resnet101_is_dilated_to_output_stride_8(tmp_path):
     m = deeplab_largefov(4, backbone="resnet101")
     assert tuple(m(np.zeros((1, 64, 64, 3), np.float32)).shape) == (1, 8, 8, 4)
@@ -135,6 +156,30 @@ def test_masked_cross_entropy_by_hand():
     loss = losses.MaskedCrossEntropy()(labels, logits).numpy()
     assert abs(loss - (-(np.log(0.7) + np.log(0.4)) / 2)) < 1e-5  # mean over the 2 labelled positions
     assert losses.MaskedCrossEntropy()(np.array([[255, 255, 255]]), logits).numpy() == 0.0
+
+
+def test_class_balance_weights_by_hand():
+    # 6 labelled positions: 4 background, 2 of class 1; one void
+    labels = np.array([[0, 0, 0, 0, 1, 1, 0]])
+    valid = np.array([[True] * 6 + [False]])
+    w = losses.balance_weights(labels, valid, 3, 1.0).numpy()
+    # power 1: each present class weighs the same in total (4 * w0 == 2 * w1), average weight 1
+    assert np.allclose(w[0, :4], 0.75) and np.allclose(w[0, 4:6], 1.5)
+    w_half = losses.balance_weights(labels, valid, 3, 0.5).numpy()
+    ratio = w_half[0, 4] / w_half[0, 0]
+    assert abs(ratio - np.sqrt(2.0)) < 1e-5 and abs(w_half[0, :6].mean() - 1.0) < 1e-5
+
+
+def test_class_balanced_cross_entropy_by_hand():
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.4, 0.6]], np.float32)
+    logits = np.log(p)[None]
+    labels = np.array([[0, 0, 0, 1]])
+    plain = losses.MaskedCrossEntropy()(labels, logits).numpy()
+    balanced = losses.MaskedCrossEntropy(class_balance=1.0)(labels, logits).numpy()
+    assert abs(plain - (-(3 * np.log(0.9) + np.log(0.6)) / 4)) < 1e-5
+    # weights 4/6 (3 background positions) and 2 (one object position): each class half the loss
+    assert abs(balanced - (-(3 * (2 / 3) * np.log(0.9) + 2 * np.log(0.6)) / 4)) < 1e-5
+    assert losses.MaskedCrossEntropy(class_balance=0.5).get_config()["class_balance"] == 0.5
 
 
 def test_pixel_loss_and_miou_shrink_labels_to_the_logits():

@@ -70,3 +70,43 @@ def test_cli_writes_a_root(tmp_path):
     assert synthetic.main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--min-side", "40",
                            "--max-side", "48"]) == 0
     assert len(list_ids(str(out), "train")) == 2 and (out / synthetic.MARKER).exists()
+
+
+def test_presets_differ_in_classes_object_size_and_backgrounds():
+    from mcof_tf.config import load_config
+
+    default = load_config("synthetic").data.synthetic
+    small = load_config("synthetic_small_objects").data.synthetic
+    assert synthetic.classes(default) == synthetic.CLASSES and len(synthetic.classes(small)) == 11
+
+    def stats(spec, n=24):
+        share, seen = [], set()
+        for k in range(n):
+            _, lab, objs = synthetic.render(spec, k)
+            valid = lab != 255
+            share.append(((lab > 0) & valid).sum() / valid.sum())
+            seen |= {o["class"] for o in objs}
+        return np.mean(share), seen
+
+    d_share, d_seen = stats(default)
+    s_share, s_seen = stats(small)
+    assert d_seen <= set(range(1, 7)) and max(s_seen) > 6  # the small preset uses classes 7-10
+    assert s_share < 0.12 < 0.25 < d_share  # objects ~8 % of the pixels vs ~30 %
+
+
+def test_pairs_share_body_texture_and_hue():
+    # a body tells its pair, not its class: only the badge does (so CAMs peak on badges)
+    for a in range(1, 11, 2):
+        assert synthetic._BODY[a] == synthetic._BODY[a + 1]
+        assert synthetic._BADGE[a] != synthetic._BADGE[a + 1]
+
+
+@pytest.mark.parametrize("change, message", [({"num_classes": 11}, "num_classes"), ({"num_classes": 1}, "num_classes"),
+                                             ({"object_scale": [0.3, 0.2]}, "object_scale"),
+                                             ({"backgrounds": "sky"}, "backgrounds"), ({"min_side": 20}, "min_side"),
+                                             ({"distractors": 1.5}, "distractors")])
+def test_bad_generator_parameters_are_refused(change, message, tmp_path):
+    spec = synthetic.SyntheticSpec(**{**TINY.__dict__, **change})
+    with pytest.raises(ValueError, match=message):
+        synthetic.write_dataset(str(tmp_path / "x"), spec, progress=False)
+    assert not (tmp_path / "x").exists()

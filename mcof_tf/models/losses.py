@@ -20,17 +20,37 @@ def _shrink(labels, logits):
     return ops.cast(lab[..., 0], "int32")
 
 
+def balance_weights(labels, valid, num_classes: int, power: float):
+    """Per-position weights f_c ** -power, f_c = the batch's share of labelled positions of class c,
+    scaled so that they average 1 over the labelled positions (the loss keeps its scale).
+
+    power 0: plain cross-entropy; 1: every class present in the batch weighs the same in total.
+    """
+    onehot = ops.one_hot(labels, num_classes) * ops.cast(valid, "float32")[..., None]
+    counts = ops.sum(ops.reshape(onehot, (-1, num_classes)), axis=0)
+    share = counts / ops.maximum(ops.sum(counts), 1.0)
+    w = ops.where(counts > 0, ops.power(ops.maximum(share, 1e-12), -power), 0.0)
+    w = w / ops.maximum(ops.sum(share * w), 1e-12)
+    return ops.take(w, labels)
+
+
 @keras.saving.register_keras_serializable(package="mcof_tf")
 class MaskedCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy ignoring `ignore_class`, averaged over the labelled positions only.
 
     Works for region logits (B, R, C) with labels (B, R) and for pixel logits (B, h, w, C) with labels
     (B, H, W), which are shrunk to (h, w) first.
+
+    `class_balance` (the power of `balance_weights`): with objects a few percent of the pixels, plain
+    cross-entropy is minimised early by predicting background everywhere, and a from-scratch network
+    can stay on that plateau for its whole schedule; weighting rare classes up gives them a gradient.
     """
 
-    def __init__(self, ignore_class: int = IGNORE_LABEL, name: str = "masked_ce", **kwargs):
+    def __init__(self, ignore_class: int = IGNORE_LABEL, class_balance: float = 0.0, name: str = "masked_ce",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         self.ignore_class = ignore_class
+        self.class_balance = float(class_balance)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")
@@ -40,12 +60,14 @@ class MaskedCrossEntropy(keras.losses.Loss):
         safe = ops.where(valid, y_true, 0)
         ce = keras.losses.sparse_categorical_crossentropy(safe, y_pred, from_logits=True)
         mask = ops.cast(valid, ce.dtype)
+        if self.class_balance:
+            mask = mask * ops.cast(balance_weights(safe, valid, y_pred.shape[-1], self.class_balance), ce.dtype)
         # eq. 3: 1 / (number of labelled positions) * sum over them; per image here, then the usual batch mean
         axes = tuple(range(1, len(ce.shape)))
-        return ops.sum(ce * mask, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
+        return ops.sum(ce * mask, axis=axes) / ops.maximum(ops.sum(ops.cast(valid, ce.dtype), axis=axes), 1.0)
 
     def get_config(self):
-        return {**super().get_config(), "ignore_class": self.ignore_class}
+        return {**super().get_config(), "ignore_class": self.ignore_class, "class_balance": self.class_balance}
 
 
 @keras.saving.register_keras_serializable(package="mcof_tf")

@@ -1,0 +1,35 @@
+"""The seeds-averaged method benchmark's arithmetic (the runs themselves are benchmarks, not tests)."""
+import numpy as np
+import pytest
+
+from mcof_tf.bench import main, summarize_method
+
+
+def _report(seeds_miou, final_val, precision=None):
+    rows = [{"iteration": 0, "stage": "seeds", "split": "train", "miou": seeds_miou,
+             "object_precision": precision, "object_recall": 20.0},
+            {"iteration": 1, "stage": "pixelnet", "split": "val", "miou": final_val - 5},
+            {"iteration": 2, "stage": "pixelnet", "split": "val", "miou": final_val}]
+    return {"stages": rows}
+
+
+def test_summary_means_stds_ratio_and_differences():
+    reports = {("mcof", 0): _report(20.0, 50.0, 90.0), ("mcof", 1): _report(24.0, 54.0, 80.0),
+               ("no_saliency", 0): _report(20.0, 47.0), ("no_saliency", 1): _report(24.0, 50.0),
+               ("fully_supervised", 0): {"stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 60.0}]},
+               ("fully_supervised", 1): {"stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 64.0}]}}
+    s = summarize_method(reports)
+    seeds = next(r for r in s["rows"] if r["variant"] == "mcof" and r["stage"] == "seeds")
+    assert seeds["miou"] == 22.0 and abs(seeds["miou_std"] - np.std([20, 24], ddof=1)) < 1e-9
+    assert seeds["object_precision"] == 85.0 and seeds["seeds"] == 2
+    assert abs(s["ratio_to_fully_supervised"] - 52.0 / 62.0) < 1e-9
+    (d,) = s["differences"]
+    assert d["variant"] == "no_saliency" and d["iteration"] == 2
+    assert d["mcof_minus_variant"] == 3.5 and abs(d["std"] - np.std([3, 4], ddof=1)) < 1e-9
+    # mcof rows first, then the ablations, then the ceiling
+    assert [r["variant"] for r in s["rows"]][0] == "mcof" and s["rows"][-1]["variant"] == "fully_supervised"
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(SystemExit, match="unknown variant"):
+        main(["method", "--variants", "mcof,bogus", "--seeds", "0"])
