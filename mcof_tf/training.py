@@ -97,11 +97,15 @@ def _pixelnet_batch(b, num_classes, cfg):
 
 
 def _masked_ce(cfg):
-    return losses.MaskedCrossEntropy(class_balance=cfg.train.class_balance)
+    return losses.MaskedCrossEntropy(class_balance=cfg.train.class_balance, upsample=cfg.train.upsample_logits)
 
 
 def _tag_bce(cfg):
-    return keras.losses.BinaryCrossentropy(from_logits=True)
+    return losses.TagCrossEntropy(class_balance=cfg.train.class_balance)
+
+
+def _tag_metrics(num_classes):
+    return [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy"), losses.TagF1()]
 
 
 def _segmentation_metrics(num_classes):
@@ -112,7 +116,7 @@ def _segmentation_metrics(num_classes):
 # several lambdas on one line (or a file edited under a running job) make it convert the wrong one.
 NETWORKS = {
     "cam": Network("cam", _build_cam, _tag_bce,
-                   lambda n: [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy")], CAM_CLASSIFIER,
+                   _tag_metrics, CAM_CLASSIFIER,
                    _cam_batch),
     "regionnet": Network("regionnet", _build_regionnet, _masked_ce, _segmentation_metrics,
                          REGION_CLASSIFIER, _regionnet_batch),

@@ -212,3 +212,29 @@ def test_save_load_round_trip_gives_the_same_outputs(which, tmp_path):
     back = load_model(path)
     np.testing.assert_allclose(m(inputs, training=False), back(inputs, training=False), rtol=1e-5, atol=1e-5)
     assert back.count_params() == m.count_params()
+
+
+def test_tag_f1_is_zero_for_no_tags_and_one_for_the_right_ones():
+    y = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    none = losses.TagF1()
+    none.update_state(y, np.full((2, 4), -3.0, np.float32))  # the all-negative classifier
+    assert float(none.result()) == 0.0
+    right = losses.TagF1()
+    right.update_state(y, np.where(y > 0, 3.0, -3.0).astype(np.float32))
+    assert abs(float(right.result()) - 1.0) < 1e-6
+    half = losses.TagF1()
+    half.update_state(y, np.array([[2, -1, -3, -1], [-1, -2, -3, -1]], np.float32))  # tp 1, fn 1
+    assert abs(float(half.result()) - 2 / 3) < 1e-6
+
+
+def test_tag_cross_entropy_plain_and_balanced_by_hand():
+    y = np.array([[1, 0, 0, 0]], np.float32)
+    logits = np.zeros((1, 4), np.float32)  # p = 0.5 everywhere: every term is log 2
+    assert abs(float(losses.TagCrossEntropy()(y, logits)) - np.log(2)) < 1e-6
+    assert abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - np.log(2)) < 1e-6  # weights average 1
+    logits = np.array([[0.0, -2.0, -2.0, -2.0]], np.float32)
+    neg, pos = np.log1p(np.exp(-2.0)), np.log(2)
+    plain = float(losses.TagCrossEntropy()(y, logits))
+    assert abs(plain - (pos + 3 * neg) / 4) < 1e-6
+    # power 1: the one positive weighs as much as the three negatives (2 vs 2/3 each)
+    assert abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - (2 * pos + 3 * (2 / 3) * neg) / 4) < 1e-6
