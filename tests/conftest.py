@@ -39,6 +39,28 @@ def tiny_cfg():
     ])
 
 
+def write_groundtruth_records(root, path, limit=None):
+    """The train split of a VOC-layout root as one TFRecord file whose current labels are the ground
+    truth (what a fully supervised PixelNet trains on); returns the records."""
+    import numpy as np
+
+    from mcof_tf.data import records
+    from mcof_tf.data.voc import VocDataset
+    from mcof_tf.vision.superpixels import superpixels
+
+    ds = VocDataset(root)
+    recs = []
+    for i in ds.split_ids("train")[:limit]:
+        s = ds.load(i)
+        recs.append(records.Record(
+            id=i, image_encoded=s.encoded, image_format=s.format, height=s.image.shape[0], width=s.image.shape[1],
+            tags=records.tags_multi_hot(s.tags, ds.num_classes), superpixels=superpixels(s.image, 300, 0.8, 50),
+            saliency=np.zeros(s.image.shape[:2], np.uint8), groundtruth=s.groundtruth, labels=s.groundtruth,
+            label_stage="groundtruth"))
+    records.write_records(str(path), recs)
+    return recs
+
+
 def list_ids(root, split="train"):
     with open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")) as f:
         return f.read().split()

@@ -6,26 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import write_groundtruth_records
 from mcof_tf import training
-from mcof_tf.data import records
-from mcof_tf.data.voc import VocDataset
-from mcof_tf.vision.superpixels import superpixels
 
 
 @pytest.fixture(scope="module")
 def labelled_records(tiny_root, tmp_path_factory):
     """The tiny benchmark's train split as records whose current labels are the ground truth."""
-    ds = VocDataset(tiny_root)
-    recs = []
-    for i in ds.split_ids("train")[:4]:
-        s = ds.load(i)
-        recs.append(records.Record(
-            id=i, image_encoded=s.encoded, image_format=s.format, height=s.image.shape[0], width=s.image.shape[1],
-            tags=records.tags_multi_hot(s.tags, ds.num_classes), superpixels=superpixels(s.image, 300, 0.8, 50),
-            saliency=np.zeros(s.image.shape[:2], np.uint8), groundtruth=s.groundtruth, labels=s.groundtruth,
-            label_stage="groundtruth"))
     path = tmp_path_factory.mktemp("rec") / "train-00000-of-00001.tfrecord"
-    records.write_records(str(path), recs)
+    write_groundtruth_records(tiny_root, path, limit=4)
     return str(path)
 
 
