@@ -247,9 +247,15 @@ def summarize_method(reports: dict) -> dict:
             for metric in ("miou", "object_precision", "object_recall"):
                 if r.get(metric) is not None:
                     table.setdefault(key, {}).setdefault(metric, {})[seed] = r[metric]
+    from mcof_tf.evaluate import STAGE_ORDER
+
+    def order(item):  # variants as listed, then iterations, stages in pipeline order, train before val
+        variant, it, stage, split = item[0]
+        return (METHOD_VARIANTS.index(variant) if variant in METHOD_VARIANTS else 99, it,
+                STAGE_ORDER.index(stage) if stage in STAGE_ORDER else 99, split != "train")
+
     rows = []
-    for (variant, it, stage, split), metrics in sorted(table.items(), key=lambda kv: (
-            METHOD_VARIANTS.index(kv[0][0]) if kv[0][0] in METHOD_VARIANTS else 99, kv[0][1:])):
+    for (variant, it, stage, split), metrics in sorted(table.items(), key=order):
         row = {"variant": variant, "iteration": it, "stage": stage, "split": split}
         for metric, by_seed in metrics.items():
             row[metric], row[metric + "_std"], row["seeds"] = _mean_std(list(by_seed.values()))

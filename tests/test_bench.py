@@ -26,8 +26,13 @@ def test_summary_means_stds_ratio_and_differences():
     (d,) = s["differences"]
     assert d["variant"] == "no_saliency" and d["iteration"] == 2
     assert d["mcof_minus_variant"] == 3.5 and abs(d["std"] - np.std([3, 4], ddof=1)) < 1e-9
-    # mcof rows first, then the ablations, then the ceiling
+    # mcof rows first, then the ablations, then the ceiling; stages in pipeline order
     assert [r["variant"] for r in s["rows"]][0] == "mcof" and s["rows"][-1]["variant"] == "fully_supervised"
+    assert [(r["iteration"], r["stage"]) for r in s["rows"] if r["variant"] == "mcof"] == [
+        (0, "seeds"), (1, "pixelnet"), (2, "pixelnet")]
+    three = summarize_method({("mcof", 0): {"stages": [
+        {"iteration": 1, "stage": s_, "split": "train", "miou": 1.0} for s_ in ("pixelnet", "refined", "regionnet")]}})
+    assert [r["stage"] for r in three["rows"]] == ["regionnet", "refined", "pixelnet"]
 
 
 def test_unknown_variant_is_refused():
