@@ -8,8 +8,10 @@ Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
   regionnet    RegionNet → one label per superpixel, tags enforced (config labels) (§4.2);
                with --refine, single-tag images get saliency-guided refinement + CRF (§4.3)
-  pixelnet     PixelNet → a pixel mask at image resolution, tags enforced (§5);
-               --no-tags skips the tag rule (validation: tags are not known at test time)
+  pixelnet     PixelNet → a pixel mask at image resolution, tags enforced (§5); config `labels.crf` /
+               `labels.min_confidence` refine it with a dense CRF / leave unsure pixels unlabelled;
+               --no-tags skips the tag rule and keeps the network's own mask (validation: tags are
+               not known at test time; with `labels.crf` the CRF's mask is evaluated too)
   groundtruth  no model: the ground truth becomes the labels (the fully-supervised upper bound)
 
 The model (`DIR/model.keras` or a `.keras` path) is loaded once per worker in `setup()`. Where records
@@ -76,7 +78,9 @@ class RelabelFn(beam.DoFn):
             from mcof_tf.models.cam import class_activation_maps
 
             extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
-            self.cams = tf.function(lambda x: class_activation_maps(extractor, kernel, x), reduce_retracing=True)
+            scales, flip = self.seed_params.get("scales", [1.0]), self.seed_params.get("flip", False)
+            self.cams = tf.function(lambda x: class_activation_maps(extractor, kernel, x, scales, flip),
+                                    reduce_retracing=True)
         # one trace for every image size
         self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
@@ -122,7 +126,8 @@ class RelabelFn(beam.DoFn):
             from mcof_tf.method.seeds import cam_seeds
 
             cams = np.asarray(self.cams(self._image(rec)))[0]
-            rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **self.seed_params)
+            rule = {k: v for k, v in self.seed_params.items() if k not in ("scales", "flip")}  # CAM inference's
+            rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **rule)
             rec.label_stage = "seeds"
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
         enforce = tags if self.use_tags else None
@@ -145,9 +150,28 @@ class RelabelFn(beam.DoFn):
 
         logits = self.forward(tf.constant(self._image(rec)))
         logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
-        mask = self._tag_argmax(np.asarray(logits[0]), enforce).astype(np.uint8)
-        rec.labels, rec.label_stage = mask, "pixelnet"
-        return rec, {"pixelnet": mask}
+        scores = np.asarray(logits[0])
+        raw = self._tag_argmax(scores, enforce).astype(np.uint8)
+        produced = {"pixelnet": raw}
+        crf, min_confidence = self.label_rules.get("crf", False), self.label_rules.get("min_confidence", 0.0)
+        if not crf and not (self.use_tags and min_confidence > 0):
+            rec.labels, rec.label_stage = raw, "pixelnet"
+            return rec, produced
+        from mcof_tf.method.labels import leave_unsure
+        from mcof_tf.method.refine import crf_probabilities, softmax
+
+        mask, probs = raw, None
+        if crf:
+            probs = crf_probabilities(rec.image, scores, enforce)
+            mask = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
+            produced["pixelnet_crf"] = mask
+        if not self.use_tags:  # validation: the labels stay the network's own prediction
+            rec.labels, rec.label_stage = raw, "pixelnet"
+            return rec, produced
+        mask = leave_unsure(mask, probs if probs is not None else softmax(scores, enforce), min_confidence)
+        produced["masks"] = mask  # what the next iteration learns from (Algorithm 1, line 10)
+        rec.labels, rec.label_stage = mask, "masks"
+        return rec, produced
 
     def _tag_argmax(self, scores, tags):
         from mcof_tf.method.labels import tag_argmax

@@ -88,6 +88,9 @@ class SeedsConfig:
     fg_threshold: float = 0.5  # a superpixel scoring above this seeds its class
     bg_threshold: float = 0.1  # every tagged class below this: background
     peak_min: float = 0.3  # a local-maximum superpixel seeds only above this
+    # CAM inference: the average of the normalised CAMs at these image scales (and mirrored, with flip)
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
 
 
 @dataclass
@@ -99,6 +102,13 @@ class LabelsConfig:
     # With "restrict": a tagged class that wins nowhere in its image keeps the elements where it is
     # the likeliest object class at >= half its peak, so no tagged class vanishes from its images.
     keep_tags: bool = True
+    # PixelNet's training-set masks, which become the next iteration's seeds (Algorithm 1, lines 10-11):
+    # crf: refined by a dense CRF over PixelNet's tag-restricted probabilities (DeepLab's post-processing;
+    # PixelNet's own masks are smooth blobs that spill over object edges).
+    # min_confidence: pixels whose top probability (after the CRF, when on) is below it stay unlabelled
+    # (255), so the next RegionNet / PixelNet learn only from confident pixels. 0: every pixel labelled.
+    crf: bool = False
+    min_confidence: float = 0.0
 
 
 @dataclass
@@ -321,4 +331,13 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
                 raise ConfigError(f"override {text!r}: '{p}' is not a section")
             node = child
         node[parts[-1]] = value
-    return _build(Config, values)
+    return _validate(_build(Config, values))
+
+
+def _validate(cfg: Config) -> Config:
+    """Value ranges the types cannot say."""
+    if not cfg.seeds.scales or any(s <= 0 for s in cfg.seeds.scales):
+        raise ConfigError(f"seeds.scales: expected positive numbers, got {cfg.seeds.scales!r}")
+    if not 0.0 <= cfg.labels.min_confidence < 1.0:
+        raise ConfigError(f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}")
+    return cfg

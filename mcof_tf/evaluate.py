@@ -63,7 +63,7 @@ def metrics_entry(conf: np.ndarray, classes: Sequence[str]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- report
 
-STAGE_ORDER = ("seeds", "regionnet", "refined", "pixelnet")
+STAGE_ORDER = ("seeds", "regionnet", "refined", "pixelnet", "pixelnet_crf", "masks")
 
 
 def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips: Optional[dict] = None,
@@ -115,7 +115,7 @@ def _progress_figure(workdir, rows):
     ax.plot(xs, [r["miou"] for r in train], "o-", label="train (every stage)")
     ax.set_xticks(xs, [f"{r['iteration']}:{r['stage']}" for r in train], rotation=45, ha="right", fontsize=8)
     val = [(i, r) for i, r in enumerate(train) if r["stage"] == "pixelnet"]
-    val_rows = [r for r in rows if r["split"] == "val"]
+    val_rows = [r for r in rows if r["split"] == "val" and r["stage"] == "pixelnet"]
     if val and len(val_rows) == len(val):
         ax.plot([i for i, _ in val], [r["miou"] for r in val_rows], "s--", label="val (PixelNet)")
     ax.set_ylabel("mIoU (%)")

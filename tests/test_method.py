@@ -113,3 +113,36 @@ def test_tag_argmax_keep_tags_revives_a_vanished_class():
     # a class present somewhere is left alone; an untagged class is never revived
     assert tag_argmax(scores, [1], keep_tags=True).tolist() == [1, 0, 0, 0]
     assert tag_argmax(scores[:, :2], [1], keep_tags=True).tolist() == [1, 0, 0, 0]
+
+
+def test_softmax_keeps_only_background_and_tags():
+    from mcof_tf.method.refine import softmax
+
+    p = softmax(np.log(np.array([[0.2, 0.3, 0.5], [0.5, 0.25, 0.25]])), tags=[1])
+    np.testing.assert_allclose(p, [[0.4, 0.6, 0.0], [2 / 3, 1 / 3, 0.0]], atol=1e-9)
+    np.testing.assert_allclose(softmax(np.zeros((2, 4))), 0.25)
+
+
+def test_crf_probabilities_move_a_blurred_edge_to_the_colour_edge():
+    from mcof_tf.method.refine import crf_probabilities
+
+    # the object is the right half (white); the network's mask spills two columns into the left half
+    img = np.zeros((12, 12, 3), np.uint8)
+    img[:, 6:] = 255
+    scores = np.zeros((12, 12, 3))
+    scores[:, :4, 0] = 2.0   # background sure on the left ...
+    scores[:, 4:, 1] = 1.0   # ... class 1 mildly likelier from column 4 on (two columns too early)
+    scores[:, :, 2] = 3.0    # an untagged class that would win everywhere
+    q = crf_probabilities(img, scores, tags=[1])
+    assert q.shape == (12, 12, 3) and np.allclose(q.sum(-1), 1) and (q[..., 2] == 0).all()
+    assert (scores[..., :2].argmax(-1)[:, 4:6] == 1).all()         # before: the spill
+    assert (q.argmax(-1) == (np.arange(12)[None, :] >= 6)).all()   # after: the colour edge
+
+
+def test_leave_unsure_unlabels_low_confidence_pixels():
+    from mcof_tf.method.labels import leave_unsure
+
+    labels = np.array([1, 0, 2], np.uint8)
+    probs = np.array([[0.1, 0.9, 0.0], [0.55, 0.45, 0.0], [0.2, 0.1, 0.7]])
+    assert leave_unsure(labels, probs, 0.6).tolist() == [1, 255, 2]
+    assert leave_unsure(labels, probs, 0.0).tolist() == [1, 0, 2]

@@ -85,6 +85,13 @@ def test_cam_logits_are_the_average_of_the_maps():
     cams = class_activation_maps(ext, w, x).numpy()
     assert cams.shape == (2, 40, 48, 3)
     assert cams.min() >= 0 and cams.max() <= 1 + 1e-6
+    # flip: the average of the CAMs of the image and of its mirror image, mapped back
+    mirrored = class_activation_maps(ext, w, x[:, :, ::-1]).numpy()[:, :, ::-1]
+    np.testing.assert_allclose(class_activation_maps(ext, w, x, flip=True).numpy(), (cams + mirrored) / 2, atol=1e-5)
+    # scales: each scale's CAMs are computed on the resized image and brought back to the image's size
+    multi = class_activation_maps(ext, w, x, scales=(0.5, 1.0, 1.5)).numpy()
+    assert multi.shape == cams.shape and multi.min() >= 0 and multi.max() <= 1 + 1e-6
+    assert not np.allclose(multi, cams, atol=1e-3)
 
 
 def _numpy_masked_roi(features, sp, r, k, s):

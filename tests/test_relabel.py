@@ -72,6 +72,31 @@ def test_pixelnet_stage_with_and_without_tags(base, tmp_path):
         assert r.labels.shape == (r.height, r.width) and set(np.unique(r.labels).tolist()) <= {0, *r.tag_indices}
 
 
+def test_pixelnet_masks_with_crf_or_a_confidence_cut(base, tmp_path):
+    import dataclasses
+
+    cfg, recs, classes, paths = base
+
+    def run(name, use_tags=True, **labels):
+        post = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **labels))
+        m = relabel.run(recs, paths["pixelnet"], "pixelnet", str(tmp_path / name), post, len(classes), classes,
+                        PipelineOptions([]), 1, use_tags=use_tags)
+        return m, list(records.read_records(str(tmp_path / name / "*.tfrecord")))
+
+    m, recs_crf = run("crf", crf=True)
+    assert set(m["metrics"]) == {"pixelnet", "pixelnet_crf", "masks"}
+    assert m["metrics"]["masks"] == m["metrics"]["pixelnet_crf"]
+    for r in recs_crf:
+        assert r.label_stage == "masks" and set(np.unique(r.labels).tolist()) <= {0, *r.tag_indices}
+    m, recs_cut = run("cut", min_confidence=0.9)
+    assert set(m["metrics"]) == {"pixelnet", "masks"}
+    assert any((r.labels == 255).any() for r in recs_cut)  # an untrained network is unsure somewhere
+    assert all(set(np.unique(r.labels).tolist()) <= {0, 255, *r.tag_indices} for r in recs_cut)
+    m, recs_val = run("val", use_tags=False, crf=True, min_confidence=0.9)
+    assert set(m["metrics"]) == {"pixelnet", "pixelnet_crf"}  # validation: no tags, no confidence cut
+    assert all(r.label_stage == "pixelnet" and (r.labels != 255).all() for r in recs_val)
+
+
 def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
     cfg, recs, classes, paths = base
     bad = tmp_path / "in"

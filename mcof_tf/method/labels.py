@@ -49,6 +49,13 @@ def tag_argmax(scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "r
     return labels
 
 
+def leave_unsure(labels: np.ndarray, probs: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Labels whose top probability is below `min_confidence` become unlabelled (255)."""
+    if min_confidence <= 0:
+        return labels
+    return np.where(np.asarray(probs).max(-1) >= min_confidence, labels, IGNORE_LABEL).astype(labels.dtype)
+
+
 def paint(region_labels: np.ndarray, superpixels: np.ndarray) -> np.ndarray:
     """Per-superpixel labels → pixel labels (uint8); pixels of no superpixel (-1) get 255."""
     out = np.full(superpixels.shape, IGNORE_LABEL, np.uint8)

@@ -1,4 +1,7 @@
-"""Saliency-guided refinement (§4.3, eq. 2), used at iteration 1 on single-tag images only.
+"""Refinement of labels: saliency-guided (§4.3, eq. 2; iteration 1, single-tag images) and by a dense CRF
+over a network's probabilities (PixelNet's masks before they become the next seeds, config `labels.crf`).
+
+Saliency-guided refinement:
 
     p(obj | v) = p(obj) p(v|obj) / (p(obj) p(v|obj) + p(bg) p(v|bg))
 
@@ -55,3 +58,24 @@ def refine_single_tag(image: np.ndarray, saliency: np.ndarray, region_labels: np
     else:
         fg = post > 0.5
     return np.where(fg | obj, tag, 0).astype(np.uint8)
+
+
+def softmax(scores: np.ndarray, tags=None) -> np.ndarray:
+    """Softmax over the last axis; with `tags`, classes other than background and the tags get 0."""
+    scores = np.asarray(scores, np.float64)
+    if tags is not None:
+        allowed = np.zeros(scores.shape[-1], bool)
+        allowed[[0, *[int(t) for t in tags]]] = True
+        scores = np.where(allowed, scores, -np.inf)
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def crf_probabilities(image: np.ndarray, scores: np.ndarray, tags=None) -> np.ndarray:
+    """A dense CRF's marginals (H×W×C) from a network's scores (H×W×C logits) on `image` (H×W×3 uint8):
+    label edges move to colour edges. With `tags`, only background and the tagged classes compete."""
+    q = dense_crf(image, np.moveaxis(softmax(scores, tags), -1, 0).astype(np.float32))
+    q = np.moveaxis(q, 0, -1)
+    if tags is not None:  # the CRF floors every class at 1e-5: keep untagged classes at 0
+        q = softmax(np.log(np.maximum(q, 1e-12)), tags)
+    return q

@@ -36,15 +36,24 @@ def cam_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, [model.get_layer(FEATURES).output, model.output])
 
 
-def class_activation_maps(extractor: keras.Model, classifier_kernel, images):
+def class_activation_maps(extractor: keras.Model, classifier_kernel, images, scales=(1.0,), flip: bool = False):
     """CAMs of every object class, each normalised to [0, 1] by its maximum, at the images' size.
 
     images: (B, H, W, 3) float (already mean-subtracted). Returns (B, H, W, C-1) float32.
+    With several `scales` and/or `flip`, the normalised CAMs of the rescaled (and mirrored) images are
+    averaged (multi-scale + flip inference, as IRN and psa compute their seeds' CAMs).
     """
-    features, _ = extractor(images, training=False)
-    cams = ops.relu(ops.einsum("bhwk,kc->bhwc", features, classifier_kernel))
-    peak = ops.max(cams, axis=(1, 2), keepdims=True)
-    cams = cams / ops.maximum(peak, 1e-5)
-    # tf.image.resize takes a dynamic size; keras.ops.image.resize needs static ints, which fails
-    # inside a tf.function traced for any image size (as the relabel job uses it)
-    return tf.image.resize(cams, tf.shape(images)[1:3], method="bilinear")
+    size = tf.shape(images)[1:3]
+    maps = []
+    for scale in scales:
+        x = images if scale == 1 else tf.image.resize(
+            images, tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), method="bilinear")
+        for mirrored in ((False, True) if flip else (False,)):
+            features, _ = extractor(x[:, :, ::-1] if mirrored else x, training=False)
+            cams = ops.relu(ops.einsum("bhwk,kc->bhwc", features, classifier_kernel))
+            cams = cams / ops.maximum(ops.max(cams, axis=(1, 2), keepdims=True), 1e-5)
+            cams = cams[:, :, ::-1] if mirrored else cams
+            # tf.image.resize takes a dynamic size; keras.ops.image.resize needs static ints, which fails
+            # inside a tf.function traced for any image size (as the relabel job uses it)
+            maps.append(tf.image.resize(cams, size, method="bilinear"))
+    return maps[0] if len(maps) == 1 else tf.add_n(maps) / len(maps)
