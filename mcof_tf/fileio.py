@@ -18,3 +18,16 @@ def writable_dir(path: str) -> str:
     except (tf.errors.OpError, OSError) as e:
         raise ValueError(f"cannot write to {path}: {getattr(e, 'message', None) or e}") from e
     return path
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    import os
+
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -6,6 +6,7 @@
     WORKDIR/iter<t>/regionnet/          RegionNet training    → iter<t>/regions/   (Beam relabel [+ refinement])
     WORKDIR/iter<t>/pixelnet/           PixelNet training     → iter<t>/masks/     (Beam relabel, train)
                                                               → iter<t>/val/       (Beam relabel, val, no tags)
+    WORKDIR/SegmentationClassAug/<id>.png  the last iteration's training-set masks (mcof_tf.export_masks)
     WORKDIR/report.{json,md}, miou_progress.png, stages.png
 
 Every stage marks its completion last (a training stage: `model.keras` renamed into place; a Beam
@@ -24,9 +25,11 @@ import numpy as np
 
 from beam_jobs import common, preprocess, relabel
 from mcof_tf import training
+from mcof_tf.export_masks import export_masks
 from mcof_tf.data import ensure_dataset
 
 VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
+MASKS_FOLDER = "SegmentationClassAug"  # the final training-set masks as palette PNGs
 
 
 @dataclass
@@ -243,6 +246,8 @@ def run_all(cfg, iterations: int, workdir: Optional[str] = None, data_root: Opti
     run = Run(cfg, workdir, root, variant, beam_options)
     claim_workdir(run)
     pixelnet = mcof(run, iterations)
+    if variant != "fully_supervised":  # the mined masks as a product (python -m mcof_tf.export_masks)
+        export_masks(workdir, run.path(MASKS_FOLDER))
     rep = report(workdir)
     if export:
         classes = common.read_manifest(run.path("records", cfg.data.train_split))["classes"]

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -105,18 +104,6 @@ class Predictor:
         return probs
 
 
-def palette_png(labels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    from mcof_tf.data.voc import voc_palette
-
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(voc_palette().reshape(-1).tolist())
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def overlay_jpeg(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> bytes:
     from PIL import Image
 
@@ -129,23 +116,14 @@ def overlay_jpeg(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> b
     return buf.getvalue()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def predict_file(predictor: Predictor, path: str, base: str, out_dir: str, scales: Sequence[float] = (1.0,),
                  crf: bool = False, overlay: bool = False) -> tuple[str, bool]:
     """Segment one file → (its label PNG path, whether it was computed now; False: it existed).
     Raises RejectedInput for bytes that are not a usable image."""
     import tensorflow as tf
 
-    from mcof_tf.data.voc import decode_image
+    from mcof_tf.data.voc import decode_image, palette_png
+    from mcof_tf.fileio import write_bytes_atomic
 
     name = output_name(path, base)
     target = f"{out_dir.rstrip('/')}/{name}.png"
@@ -156,8 +134,8 @@ def predict_file(predictor: Predictor, path: str, base: str, out_dir: str, scale
         image, _, _ = decode_image(f.read(), what=path)
     labels = predictor.probabilities(image, scales, crf).argmax(-1).astype(np.uint8)
     if overlay:  # first, so that the label PNG (the resume marker) is written last
-        _write_atomic(blend, overlay_jpeg(image, labels))
-    _write_atomic(target, palette_png(labels))
+        write_bytes_atomic(blend, overlay_jpeg(image, labels))
+    write_bytes_atomic(target, palette_png(labels))
     return target, True
 
 
@@ -193,7 +171,7 @@ def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,),
             rejected.append({"id": path, "reason": str(e)})
         if i % 20 == 0 or i == len(paths):
             print(f"predict: {i}/{len(paths)} images ({time.time() - started:.1f}s)", file=sys.stderr, flush=True)
-    _write_atomic(f"{out_dir.rstrip('/')}/{REJECTED_FILE}",
+    write_bytes_atomic(f"{out_dir.rstrip('/')}/{REJECTED_FILE}",
                   "".join(json.dumps(r) + "\n" for r in rejected).encode())
     summary = {"read": len(paths), "written": written, "skipped_existing": existing, "rejected": rejected}
     print(f"predict: read {len(paths)}, written {written}, already done {existing}, rejected {len(rejected)}"

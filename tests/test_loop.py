@@ -86,3 +86,38 @@ def test_fully_supervised_variant(tiny_root, tmp_path, monkeypatch):
     rep = loop.run_all(cfg, 1, str(tmp_path / "fs"), tiny_root, variant="fully_supervised", export=False)
     assert [(r["stage"], r["split"]) for r in rep["stages"]] == [("pixelnet", "val")]
     assert json.load(open(tmp_path / "fs" / "config.json"))["variant"] == "fully_supervised"
+
+
+def test_the_mined_masks_are_written_as_palette_pngs(finished, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from mcof_tf import export_masks
+    from mcof_tf.data import records
+
+    cfg, base, rep = finished
+    work = base / "work"
+    masks = {r.id: r.labels for r in records.read_records(str(work / "iter2" / "masks" / "*.tfrecord"))}
+    pngs = sorted(p.name for p in (work / loop.MASKS_FOLDER).glob("*.png"))
+    assert pngs == sorted(f"{i}.png" for i in masks) and pngs
+    for name in pngs[:3]:
+        im = Image.open(work / loop.MASKS_FOLDER / name)
+        assert im.mode == "P" and (np.asarray(im) == masks[name[:-4]]).all()
+    marker = json.load(open(work / loop.MASKS_FOLDER / export_masks.MARKER))
+    assert marker["iteration"] == 2 and marker["count"] == len(masks) and marker["classes"] == rep["classes"]
+
+    # the CLI: another iteration into a new folder, then again (nothing to do)
+    out = tmp_path / "it1"
+    assert export_masks.main(["--workdir", str(work), "--out", str(out), "--iteration", "1"]) == 0
+    first = {r.id: r.labels for r in records.read_records(str(work / "iter1" / "masks" / "*.tfrecord"))}
+    some = next(iter(first))
+    assert (np.asarray(Image.open(out / f"{some}.png")) == first[some]).all()
+    assert export_masks.main(["--workdir", str(work), "--out", str(out), "--iteration", "1"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # refused: an iteration that did not run, and a folder of PNGs it did not write (ground truth, say)
+    assert export_masks.main(["--workdir", str(work), "--out", str(tmp_path / "x"), "--iteration", "3"]) == 2
+    theirs = tmp_path / "gt"
+    theirs.mkdir()
+    (theirs / "a.png").write_bytes(b"mine")
+    assert export_masks.main(["--workdir", str(work), "--out", str(theirs)]) == 2
+    assert (theirs / "a.png").read_bytes() == b"mine" and "did not write" in capsys.readouterr().err

@@ -58,6 +58,19 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return pal
 
 
+def palette_png(labels: np.ndarray) -> bytes:
+    """Class indices (H×W, 255 void) → a VOC-palette PNG (the format of SegmentationClass[Aug])."""
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(labels).astype(np.uint8), mode="P")
+    im.putpalette(voc_palette().reshape(-1).tolist())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def check_id(image_id: str) -> str:
     """Return `image_id` if it is a plain file stem; raise RejectedInput for anything path-like."""
     if not isinstance(image_id, str) or not _ID_RE.match(image_id) or ".." in image_id:
