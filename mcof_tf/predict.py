@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mcof_tf.export import CLASSES_FILE, MAX_SIDE
+from mcof_tf.fileio import write_bytes_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 REJECTED_FILE = "rejected.jsonl"
@@ -123,7 +124,6 @@ def predict_file(predictor: Predictor, path: str, base: str, out_dir: str, scale
     import tensorflow as tf
 
     from mcof_tf.data.voc import decode_image, palette_png
-    from mcof_tf.fileio import write_bytes_atomic
 
     name = output_name(path, base)
     target = f"{out_dir.rstrip('/')}/{name}.png"
@@ -172,7 +172,7 @@ def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,),
         if i % 20 == 0 or i == len(paths):
             print(f"predict: {i}/{len(paths)} images ({time.time() - started:.1f}s)", file=sys.stderr, flush=True)
     write_bytes_atomic(f"{out_dir.rstrip('/')}/{REJECTED_FILE}",
-                  "".join(json.dumps(r) + "\n" for r in rejected).encode())
+                       "".join(json.dumps(r) + "\n" for r in rejected).encode())
     summary = {"read": len(paths), "written": written, "skipped_existing": existing, "rejected": rejected}
     print(f"predict: read {len(paths)}, written {written}, already done {existing}, rejected {len(rejected)}"
           + (f" (see {out_dir}/{REJECTED_FILE})" if rejected else ""), flush=True)
