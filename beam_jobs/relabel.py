@@ -38,6 +38,7 @@ from beam_jobs import common
 
 STAGES = ("cam", "regionnet", "pixelnet", "groundtruth")
 CONFUSION = "confusion"
+STATS = "stats"  # label statistics that need no ground truth (evaluate.label_stats)
 PREFIX = "records"
 
 
@@ -89,15 +90,21 @@ class RelabelFn(beam.DoFn):
 
         rec_id = "?"
         try:
+            from mcof_tf.evaluate import confusion, label_stats
+
             rec = records.parse_example(serialized)
             rec_id = rec.id
+            previous = self._labels_of(rec)
+            self._confidence = None
             out, produced = self._relabel(rec)
             yield records.encode(out)
             self.written.inc()
-            if rec.groundtruth is not None:
-                from mcof_tf.evaluate import confusion
-
-                for name, labels in produced.items():
+            tags = rec.tag_indices if self.use_tags and self.stage != "groundtruth" else None
+            for name, labels in produced.items():
+                stats = label_stats(labels, self.num_classes, tags, previous,
+                                    self._confidence if name == "pixelnet" else None)
+                yield beam.pvalue.TaggedOutput(STATS, (name, stats))
+                if rec.groundtruth is not None:
                     yield beam.pvalue.TaggedOutput(CONFUSION, (name, confusion(rec.groundtruth, labels, self.num_classes)))
         except Exception as e:  # noqa: BLE001 - counted and reported, never silently dropped
             self.rejected.inc()
@@ -106,6 +113,15 @@ class RelabelFn(beam.DoFn):
         if self.count % 50 == 0:
             print(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images",
                   file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _labels_of(rec):
+        """The pixel labels a record arrives with (the previous stage's), None when it has none."""
+        from mcof_tf.method.labels import paint
+
+        if rec.labels is not None:
+            return rec.labels
+        return None if rec.superpixel_labels is None else paint(rec.superpixel_labels, rec.superpixels)
 
     def _image(self, rec):
         return (rec.image.astype(np.float32) - np.asarray(self.mean_rgb, np.float32))[None]
@@ -152,13 +168,16 @@ class RelabelFn(beam.DoFn):
         logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
         scores = np.asarray(logits[0])
         raw = self._tag_argmax(scores, enforce).astype(np.uint8)
+        from mcof_tf.method.refine import softmax
+
+        self._confidence = softmax(scores, enforce).max(-1)  # how sure the network is (report, no GT needed)
         produced = {"pixelnet": raw}
         crf, min_confidence = self.label_rules.get("crf", False), self.label_rules.get("min_confidence", 0.0)
         if not crf and not (self.use_tags and min_confidence > 0):
             rec.labels, rec.label_stage = raw, "pixelnet"
             return rec, produced
         from mcof_tf.method.labels import leave_unsure
-        from mcof_tf.method.refine import crf_probabilities, softmax
+        from mcof_tf.method.refine import crf_probabilities
 
         mask, probs = raw, None
         if crf:
@@ -218,28 +237,13 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-class _SumMatrices(beam.CombineFn):
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, acc, m):
-        return m.copy() if acc is None else acc + m
-
-    def merge_accumulators(self, accs):
-        accs = [a for a in accs if a is not None]
-        return sum(accs[1:], accs[0].copy()) if accs else None
-
-    def extract_output(self, acc):
-        return acc
-
-
 def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_classes: int,
         classes: Sequence[str], pipeline_options=None, iteration: int = 0, refine: bool = False,
         use_tags: bool = True) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     import tensorflow as tf
 
-    from mcof_tf.evaluate import metrics_entry
+    from mcof_tf.evaluate import metrics_entry, stats_entry
 
     if stage not in STAGES:
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}")
@@ -258,8 +262,9 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
         print(f"relabel {stage}: {out_dir} is complete already; nothing to do", flush=True)
         return common.read_manifest(out_dir)
     common.prepare_output(out_dir, PREFIX)
-    for path in tf.io.gfile.glob(common.join(out_dir, f"{CONFUSION}*")):
-        tf.io.gfile.remove(path)
+    for tag in (CONFUSION, STATS):
+        for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*")):
+            tf.io.gfile.remove(path)
     read = common.count_records(records)
     started = time.time()
     print(f"relabel {stage}: {read} records from {records} → {out_dir}", flush=True)
@@ -270,24 +275,26 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
         results = (p
                    | "Read" >> beam.io.ReadFromTFRecord(records)
                    | "Spread" >> beam.Reshuffle()
-                   | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, main="records"))
+                   | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records"))
         common.write_outputs(results.records, results[common.REJECTED], out_dir, PREFIX, cfg.records.num_shards)
-        (results[CONFUSION]
-         | "SumConfusions" >> beam.CombinePerKey(_SumMatrices())
-         | "ToJson" >> beam.MapTuple(lambda name, m: json.dumps({"name": name, "confusion": m.tolist()}))
-         | "WriteConfusions" >> beam.io.WriteToText(common.join(out_dir, CONFUSION), file_name_suffix=".jsonl",
-                                                    shard_name_template=""))
+        for tag in (CONFUSION, STATS):  # summed over images per produced label map
+            (results[tag]
+             | f"Sum{tag}" >> beam.CombinePerKey(sum)
+             | f"{tag}ToJson" >> beam.MapTuple(lambda name, m, tag=tag: json.dumps({"name": name, tag: m.tolist()}))
+             | f"Write{tag}" >> beam.io.WriteToText(common.join(out_dir, tag), file_name_suffix=".jsonl",
+                                                   shard_name_template=""))
 
     common.run_pipeline(pipeline_options, build)
-    metrics = {}
-    for path in tf.io.gfile.glob(common.join(out_dir, f"{CONFUSION}*.jsonl")):
-        with tf.io.gfile.GFile(path, "r") as f:
-            for line in f.read().splitlines():
-                row = json.loads(line)
-                metrics[row["name"]] = metrics_entry(np.asarray(row["confusion"]), classes)
+    metrics, stats = {}, {}
+    for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
+        for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*.jsonl")):
+            with tf.io.gfile.GFile(path, "r") as f:
+                for line in f.read().splitlines():
+                    row = json.loads(line)
+                    entries[row["name"]] = entry(np.asarray(row[tag]), classes)
     manifest = common.finish(out_dir, PREFIX, read, fingerprint, started,
                              {"stage": stage, "iteration": iteration, "refine": refine, "use_tags": use_tags,
-                              "classes": list(classes), "metrics": metrics})
+                              "classes": list(classes), "metrics": metrics, "stats": stats})
     summary = ", ".join(f"{k} mIoU {v['miou']:.2f}" for k, v in sorted(metrics.items()))
     print(f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
           f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else ""),

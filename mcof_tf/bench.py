@@ -262,7 +262,7 @@ def summarize_method(reports: dict) -> dict:
         rows.append(row)
 
     def final_val(variant):
-        vals = [r for r in rows if r["variant"] == variant and r["split"] == "val"]
+        vals = [r for r in rows if r["variant"] == variant and r["split"] == "val" and r["stage"] == "pixelnet"]
         return max(vals, key=lambda r: r["iteration"]) if vals else None
 
     out = {"rows": rows, "differences": []}

@@ -61,6 +61,40 @@ def metrics_entry(conf: np.ndarray, classes: Sequence[str]) -> dict:
             "per_class": {c: (None if np.isnan(v) else round(float(v) * 100, 3)) for c, v in zip(classes, iou)}}
 
 
+def label_stats(labels: np.ndarray, num_classes: int, tags=None, previous: Optional[np.ndarray] = None,
+                confidence: Optional[np.ndarray] = None) -> np.ndarray:
+    """What can be said of one image's labels without ground truth, as a vector to sum over images:
+    [pixels of each class (C), unlabelled pixels, images, images with a tag that got no pixel,
+    pixels whose label changed from `previous`, pixels labelled in both, summed confidence, pixels].
+    tags: the image's tags (None: not checked); confidence: the network's top probability per pixel."""
+    labels = np.asarray(labels).astype(np.int64)
+    counts = np.bincount(np.where(labels == IGNORE_LABEL, num_classes, labels).ravel(), minlength=num_classes + 1)
+    if counts.size > num_classes + 1:
+        raise ValueError(f"labels outside the {num_classes} classes")
+    missing = tags is not None and any(counts[int(t)] == 0 for t in tags)
+    changed = compared = 0
+    if previous is not None:
+        both = (labels != IGNORE_LABEL) & (np.asarray(previous) != IGNORE_LABEL)
+        compared, changed = int(both.sum()), int((both & (labels != previous)).sum())
+    conf = (float(np.sum(confidence)), int(np.size(confidence))) if confidence is not None else (0.0, 0)
+    return np.concatenate([counts, [1, int(missing), changed, compared, conf[0], conf[1]]]).astype(np.float64)
+
+
+def stats_entry(summed: np.ndarray, classes: Sequence[str]) -> dict:
+    """Summed `label_stats` vectors → shares in percent (None where nothing was measured)."""
+    c = len(classes)
+    counts, (images, missing, changed, compared, conf, conf_n) = summed[:c + 1], summed[c + 1:]
+    pixels = counts.sum()
+
+    def pct(a, b):
+        return round(float(100 * a / b), 3) if b else None
+
+    return {"images": int(images), "labelled": pct(pixels - counts[c], pixels),
+            "share": {name: pct(counts[i], pixels) for i, name in enumerate(classes)},
+            "images_with_an_unlabelled_tag": int(missing), "changed": pct(changed, compared),
+            "confidence": pct(conf, conf_n)}
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 STAGE_ORDER = ("seeds", "regionnet", "refined", "pixelnet", "pixelnet_crf", "masks")
@@ -82,23 +116,40 @@ def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips:
 
 
 def _markdown(workdir, rows, classes, title):
-    lines = [f"# {title or 'MCOF run report'}", "", "mIoU (%) of every stage, as the paper's Table 3; object "
-             "precision / recall (%): of the pixels labelled as an object, the share with the right class / of "
-             "the object pixels, the share found (unlabelled counts as background).", "",
-             "| iteration | stage | split | mIoU | object precision | object recall |", "|---|---|---|---|---|---|"]
+    lines = [f"# {title or 'MCOF run report'}", ""]
+    scored = [r for r in rows if r.get("miou") is not None]
 
-    def pct(r, key):
-        return "-" if r.get(key) is None else f"{r[key]:.1f}"
+    def num(v, digits=1):
+        return "-" if v is None else f"{v:.{digits}f}"
 
-    for r in rows:
-        lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | {r['miou']:.2f} | "
-                     f"{pct(r, 'object_precision')} | {pct(r, 'object_recall')} |")
-    lines += ["", "Per-class IoU (%):", "",
-              "| iteration | stage | split | " + " | ".join(classes) + " |",
-              "|---|---|---|" + "---|" * len(classes)]
-    for r in rows:
-        vals = [("-" if r["per_class"].get(c) is None else f"{r['per_class'][c]:.1f}") for c in classes]
-        lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | " + " | ".join(vals) + " |")
+    if scored:
+        lines += ["mIoU (%) of every stage, as the paper's Table 3; object precision / recall (%): of the pixels "
+                  "labelled as an object, the share with the right class / of the object pixels, the share found "
+                  "(unlabelled counts as background).", "",
+                  "| iteration | stage | split | mIoU | object precision | object recall |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | {r['miou']:.2f} | "
+                  f"{num(r.get('object_precision'))} | {num(r.get('object_recall'))} |" for r in scored]
+        lines += ["", "Per-class IoU (%):", "",
+                  "| iteration | stage | split | " + " | ".join(classes) + " |",
+                  "|---|---|---|" + "---|" * len(classes)]
+        lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | "
+                  + " | ".join(num(r["per_class"].get(c)) for c in classes) + " |" for r in scored]
+        lines.append("")
+    else:
+        lines += ["The dataset has no ground-truth masks: no mIoU. What the labels themselves show:", ""]
+    described = [r for r in rows if r.get("stats")]
+    if described:
+        lines += ["Without ground truth: labelled = share of pixels with a label (not 255); confidence = the "
+                  "network's mean top probability; changed = share of the pixels labelled both before and after "
+                  "the stage whose label it changed; tag unlabelled = images with a tag that got no pixel; then "
+                  "each class's share (%) of the pixels.", "",
+                  "| iteration | stage | split | labelled | confidence | changed | tag unlabelled | "
+                  + " | ".join(classes) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(classes)]
+        for r in described:
+            st = r["stats"]
+            lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | {num(st['labelled'])} | "
+                         f"{num(st['confidence'])} | {num(st['changed'])} | {st['images_with_an_unlabelled_tag']} "
+                         f"of {st['images']} | " + " | ".join(num(st["share"].get(c)) for c in classes) + " |")
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -109,6 +160,9 @@ def _progress_figure(workdir, rows):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("miou") is not None and r["stage"] not in ("pixelnet_crf", "masks")]
+    if not rows:  # no ground truth
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     train = [r for r in rows if r["split"] == "train"]
     xs = list(range(len(train)))
@@ -164,7 +218,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in report["stages"]:
-        print(f"iteration {r['iteration']} {r['stage']:9s} {r['split']:5s} mIoU {r['miou']:.2f}")
+        st = r.get("stats") or {}
+        print(f"iteration {r['iteration']} {r['stage']:12s} {r['split']:5s} "
+              + (f"mIoU {r['miou']:.2f}" if r.get("miou") is not None else f"labelled {st.get('labelled')} %"))
     return 0
 
 

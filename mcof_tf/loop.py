@@ -117,9 +117,10 @@ def _metric_rows(workdir: str) -> list[dict]:
     rows = []
 
     def add(folder, name, stage, split, iteration):
-        m = common.read_manifest(os.path.join(workdir, folder))
-        if m and name in m.get("metrics", {}):
-            rows.append({"iteration": iteration, "stage": stage, "split": split, **m["metrics"][name]})
+        m = common.read_manifest(os.path.join(workdir, folder)) or {}
+        metrics, stats = m.get("metrics", {}).get(name), m.get("stats", {}).get(name)
+        if metrics or stats:  # metrics need ground truth; stats do not
+            rows.append({"iteration": iteration, "stage": stage, "split": split, **(metrics or {}), "stats": stats})
 
     add("seeds", "seeds", "seeds", "train", 0)
     t = 1
@@ -136,7 +137,8 @@ def _metric_rows(workdir: str) -> list[dict]:
 
 
 def _strips(workdir: str, n: int = 4) -> Optional[dict]:
-    """The first `n` training images through the stages, next to the ground truth (Fig. 6)."""
+    """The first `n` training images through the stages, next to the ground truth where there is one
+    (Fig. 6)."""
     from mcof_tf.data import records
 
     folders = [("seeds", "seeds")]
@@ -154,10 +156,9 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
     rows = []
     from mcof_tf.method.labels import paint
 
+    with_gt = all(by_stage[folders[0][0]][i].groundtruth is not None for i in ids)
     for i in ids:
         first = by_stage[folders[0][0]][i]
-        if first.groundtruth is None:
-            return None
         row = [first.image]
         for f, _ in folders:
             r = by_stage[f].get(i)
@@ -165,9 +166,10 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
                 row.append(np.full(first.superpixels.shape, 255, np.uint8))
             else:
                 row.append(r.labels if r.labels is not None else paint(r.superpixel_labels, r.superpixels))
-        row.append(first.groundtruth)
+        if with_gt:
+            row.append(first.groundtruth)
         rows.append(row)
-    return {"columns": ["image"] + [name for _, name in folders] + ["ground truth"], "rows": rows}
+    return {"columns": ["image"] + [name for _, name in folders] + (["ground truth"] if with_gt else []), "rows": rows}
 
 
 def report(workdir: str) -> dict:

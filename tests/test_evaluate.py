@@ -40,3 +40,16 @@ def test_object_precision_and_recall_by_hand():
     e = metrics_entry(c, ["bg", "a", "b"])
     assert e["object_precision"] == round(100 * 14 / 18, 3) and e["object_recall"] == round(100 * 14 / 26, 3)
     assert object_precision_recall(np.diag([5, 0, 0])) == (0.0, 0.0)  # nothing labelled, no objects
+
+
+def test_label_stats_need_no_ground_truth():
+    from mcof_tf.evaluate import label_stats, stats_entry
+
+    labels = np.array([[0, 1], [255, 1]])
+    previous = np.array([[0, 2], [1, 255]])  # two pixels labelled in both; one of them changed
+    v = label_stats(labels, 3, tags=[1, 2], previous=previous, confidence=np.array([0.5, 1.0]))
+    v = v + label_stats(np.array([[2]]), 3, tags=[2])
+    e = stats_entry(v, ["bg", "a", "b"])
+    assert e == {"images": 2, "labelled": 80.0, "share": {"bg": 20.0, "a": 40.0, "b": 20.0},
+                 "images_with_an_unlabelled_tag": 1, "changed": 50.0, "confidence": 75.0}
+    assert stats_entry(label_stats(np.zeros((2, 2)), 3), ["bg", "a", "b"])["changed"] is None

@@ -121,3 +121,28 @@ def test_the_mined_masks_are_written_as_palette_pngs(finished, tmp_path, capsys)
     (theirs / "a.png").write_bytes(b"mine")
     assert export_masks.main(["--workdir", str(work), "--out", str(theirs)]) == 2
     assert (theirs / "a.png").read_bytes() == b"mine" and "did not write" in capsys.readouterr().err
+
+
+def test_report_without_ground_truth(finished, tmp_path):
+    """What a user with tags only sees: label statistics per stage, strips without a ground-truth column."""
+    import shutil
+
+    cfg, base, rep = finished
+    work = tmp_path / "work"
+    shutil.copytree(base / "work", work, ignore=shutil.ignore_patterns("*.png", "report.*"))
+    for path in work.rglob("manifest.json"):
+        m = json.loads(path.read_text())
+        m.pop("metrics", None)
+        path.write_text(json.dumps(m))
+    no_gt = loop.report(str(work))
+    assert [(r["iteration"], r["stage"], r["split"]) for r in no_gt["stages"]] == \
+        [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
+    for r in no_gt["stages"]:
+        st = r["stats"]
+        assert "miou" not in r and st["images"] > 0 and 0 <= st["labelled"] <= 100
+        assert abs(sum(st["share"].values()) + (100 - st["labelled"]) - 100) < 0.1
+        assert (st["confidence"] is not None) == (r["stage"] == "pixelnet")
+        assert (st["changed"] is None) == (r["stage"] == "seeds" or r["split"] == "val")
+    text = (work / "report.md").read_text()
+    assert "no ground-truth masks" in text and "| 2 | pixelnet | val |" in text
+    assert (work / "stages.png").exists() and not (work / "miou_progress.png").exists()
