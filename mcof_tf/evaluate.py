@@ -115,6 +115,14 @@ def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips:
     return report
 
 
+def summary_line(row: dict) -> str:
+    """One report row as a console line: mIoU where there is ground truth, else the labelled share."""
+    st = row.get("stats") or {}
+    what = (f"mIoU {row['miou']:6.2f}" if row.get("miou") is not None
+            else f"labelled {st.get('labelled', 0) or 0:5.1f} %")
+    return f"iteration {row['iteration']}  {row['stage']:12s}  {row['split']:5s}  {what}"
+
+
 def _markdown(workdir, rows, classes, title):
     lines = [f"# {title or 'MCOF run report'}", ""]
     scored = [r for r in rows if r.get("miou") is not None]
@@ -218,9 +226,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in report["stages"]:
-        st = r.get("stats") or {}
-        print(f"iteration {r['iteration']} {r['stage']:12s} {r['split']:5s} "
-              + (f"mIoU {r['miou']:.2f}" if r.get("miou") is not None else f"labelled {st.get('labelled')} %"))
+        print(summary_line(r))
     return 0
 
 

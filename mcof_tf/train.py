@@ -44,9 +44,11 @@ def main(argv=None) -> int:
     except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\nMCOF report (mIoU %):")
+    from mcof_tf.evaluate import summary_line
+
+    print("\nMCOF report:")
     for r in rep["stages"]:
-        print(f"  iteration {r['iteration']}  {r['stage']:9s}  {r['split']:5s}  {r['miou']:6.2f}")
+        print("  " + summary_line(r))
     if rep.get("export"):
         print(f"exported: {rep['export']}")
     print(f"wall time {time.time() - started:.0f} s")

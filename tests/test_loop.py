@@ -146,3 +146,28 @@ def test_report_without_ground_truth(finished, tmp_path):
     text = (work / "report.md").read_text()
     assert "no ground-truth masks" in text and "| 2 | pixelnet | val |" in text
     assert (work / "stages.png").exists() and not (work / "miou_progress.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["--no-saliency", "--direct-iterative"])
+def test_ablation_variants_from_the_cli(flag, tiny_root, tmp_path, capsys):
+    """The paper's Table 4 (no saliency-guided refinement) and Fig. 8 baseline (PixelNet retrained on
+    its own masks after iteration 1), each in its own workdir."""
+    from mcof_tf import train
+    from mcof_tf.data import records
+
+    work = tmp_path / "w"
+    iterations = "2" if flag == "--direct-iterative" else "1"
+    args = ["--workdir", str(work), "--data-root", tiny_root, "--iter", iterations, "--no-export", flag]
+    assert train.main(args + [a for o in TINY_RUN for a in ("--set", o)]) == 0
+    rep = json.load(open(work / "report.json"))
+    stages = [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
+    variant = json.load(open(work / "config.json"))["variant"]
+    if flag == "--no-saliency":
+        assert variant == "no_saliency" and (1, "refined", "train") not in stages
+        assert {r.label_stage for r in records.read_records(str(work / "iter1" / "regions" / "*.tfrecord"))} \
+            == {"regionnet"}
+    else:
+        assert variant == "direct_iterative" and (1, "refined", "train") in stages
+        assert (2, "regionnet", "train") not in stages and not (work / "iter2" / "regionnet").exists()
+        assert (2, "pixelnet", "val") in stages
+    assert f"iteration {iterations}  pixelnet" in capsys.readouterr().out
