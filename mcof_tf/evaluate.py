@@ -53,12 +53,26 @@ def object_precision_recall(conf: np.ndarray) -> tuple[float, float]:
     return (float(100 * tp / labelled) if labelled else 0.0), (float(100 * tp / present) if present else 0.0)
 
 
+def precision_recall_per_class(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's precision (of the pixels labelled c, the share that are c) and recall (of the
+    pixels that are c, the share labelled c), as fractions; NaN where nothing was labelled / present."""
+    conf = np.asarray(conf, np.float64)
+    tp = np.diag(conf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(conf.sum(0) > 0, tp / conf.sum(0), np.nan), np.where(conf.sum(1) > 0, tp / conf.sum(1), np.nan)
+
+
 def metrics_entry(conf: np.ndarray, classes: Sequence[str]) -> dict:
     iou = iou_per_class(conf)
     precision, recall = object_precision_recall(conf)
+    per_p, per_r = precision_recall_per_class(conf)
+
+    def pct(values):
+        return {c: (None if np.isnan(v) else round(float(v) * 100, 3)) for c, v in zip(classes, values)}
+
     return {"miou": round(mean_iou(conf), 3),
             "object_precision": round(precision, 3), "object_recall": round(recall, 3),
-            "per_class": {c: (None if np.isnan(v) else round(float(v) * 100, 3)) for c, v in zip(classes, iou)}}
+            "per_class": pct(iou), "per_class_precision": pct(per_p), "per_class_recall": pct(per_r)}
 
 
 def label_stats(labels: np.ndarray, num_classes: int, tags=None, previous: Optional[np.ndarray] = None,
@@ -142,6 +156,12 @@ def _markdown(workdir, rows, classes, title):
                   "|---|---|---|" + "---|" * len(classes)]
         lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | "
                   + " | ".join(num(r["per_class"].get(c)) for c in classes) + " |" for r in scored]
+        lines += ["", "Per-class precision / recall (%): precise seeds whose recall grows stage by stage is the "
+                  "paper's story.", "", "| iteration | stage | split | " + " | ".join(classes) + " |",
+                  "|---|---|---|" + "---|" * len(classes)]
+        lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | " + " | ".join(
+                  f"{num(r.get('per_class_precision', {}).get(c), 0)} / {num(r.get('per_class_recall', {}).get(c), 0)}"
+                  for c in classes) + " |" for r in scored]
         lines.append("")
     else:
         lines += ["The dataset has no ground-truth masks: no mIoU. What the labels themselves show:", ""]

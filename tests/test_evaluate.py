@@ -40,6 +40,10 @@ def test_object_precision_and_recall_by_hand():
     e = metrics_entry(c, ["bg", "a", "b"])
     assert e["object_precision"] == round(100 * 14 / 18, 3) and e["object_recall"] == round(100 * 14 / 26, 3)
     assert object_precision_recall(np.diag([5, 0, 0])) == (0.0, 0.0)  # nothing labelled, no objects
+    # per class: a is labelled 12 times (8 right) and is 14 pixels; b is labelled 6 times, all right, of 12
+    assert e["per_class_precision"] == {"bg": round(5000 / 60, 3), "a": round(800 / 12, 3), "b": 100.0}
+    assert e["per_class_recall"] == {"bg": round(5000 / 52, 3), "a": round(800 / 14, 3), "b": 50.0}
+    assert metrics_entry(np.diag([5, 0, 0]), ["bg", "a", "b"])["per_class_precision"]["a"] is None
 
 
 def test_label_stats_need_no_ground_truth():
