@@ -5,7 +5,8 @@ which fields of a batch it reads); everything else is shared: SGD with momentum 
 (L2 on kernels, Caffe convention), the classifier layer at 10x learning rate (bias 20x) as in the
 DeepLab solvers, a poly schedule, `tf.distribute.MirroredStrategy` (every local GPU, else the CPU),
 optional mixed precision, checkpoints that resume after a kill (`keras.callbacks.BackupAndRestore`),
-TensorBoard scalars (loss, learning rate, mIoU where the labels allow) and a progress bar.
+TensorBoard scalars (loss, learning rate, mIoU where the labels allow), TensorBoard images of a few
+fixed training images as the network learns them (`ImagePreviews`) and a progress bar.
 
 Layout of a stage folder:
     <dir>/backup/      BackupAndRestore state; a killed run resumes from it
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import count_records
 from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER, build_cam
@@ -176,8 +179,6 @@ def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size:
                   shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """The training input of `network`: augmented batches as (inputs, targets); `shard`: (number of
     input pipelines, this one's index) when several workers read the records."""
-    from mcof_tf.data.pipeline import dataset_from_config
-
     net = NETWORKS[network]
     ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=batch_size,
                              seed=cfg.experiment.seed, shard=shard)
@@ -221,6 +222,53 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
     return model
 
 
+class ImagePreviews(keras.callbacks.Callback):
+    """TensorBoard images (`logs/previews`) of the first `count` training images every `every` epochs
+    and after the last: the image | the labels it learns from | the network's current output (CAM: the
+    tagged classes' strongest CAM as a heat map; RegionNet, PixelNet: their label map, no tag rule)."""
+
+    def __init__(self, network: str, records: str, num_classes: int, cfg, log_dir: str, count: int = 3,
+                 every: int = 5):
+        super().__init__()
+        ds = dataset_from_config(records, num_classes, cfg.input, training=False, batch_size=1, repeat=False)
+        self.examples = list(ds.take(count))
+        self.network, self.every, self.max_regions = network, every, cfg.model.max_regions
+        self.mean = np.asarray(cfg.input.mean_rgb, np.float32)
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "previews"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 != self.params.get("epochs"):
+            return
+        with self.writer.as_default():
+            for i, b in enumerate(self.examples):
+                tf.summary.image(f"{self.network}/{b['id'][0].numpy().decode()}", self._panel(b)[None], step=epoch + 1)
+        self.writer.flush()
+
+    def _panel(self, b) -> np.ndarray:
+        from mcof_tf.data.voc import voc_palette
+        from mcof_tf.method.labels import paint
+
+        palette = voc_palette()
+        image = np.clip(b["image"][0].numpy() + self.mean, 0, 255).astype(np.uint8)
+        if self.network == "cam":
+            from mcof_tf.models.cam import cam_extractor, class_activation_maps
+
+            kernel = self.model.get_layer(CAM_CLASSIFIER).kernel
+            cams = class_activation_maps(cam_extractor(self.model), kernel, b["image"])[0].numpy()
+            tagged = b["tags"][0].numpy() > 0
+            heat = cams[..., tagged].max(-1) if tagged.any() else cams.max(-1)
+            out = (heat[..., None] * np.array([255, 160, 0]) + (1 - heat[..., None]) * np.array([0, 0, 96]))
+        elif self.network == "regionnet":
+            sp = b["superpixels"].numpy()
+            sp = np.where(sp < self.max_regions, sp, -1).astype(np.int32)
+            logits = self.model({"image": b["image"], "superpixels": tf.constant(sp)}, training=False)
+            out = palette[paint(np.asarray(logits[0]).argmax(-1), sp[0])]
+        else:
+            logits = tf.image.resize(self.model(b["image"], training=False), image.shape[:2], method="bilinear")
+            out = palette[np.asarray(logits[0]).argmax(-1)]
+        return np.concatenate([image, palette[b["labels"][0].numpy()], out.astype(np.uint8)], axis=1)
+
+
 def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
           strategy: Optional[tf.distribute.Strategy] = None, epochs: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -255,6 +303,7 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
         # double_checkpoint: a kill while the backup is being written leaves the previous one usable
         keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
+        ImagePreviews(network, records, num_classes, cfg, os.path.join(out_dir, "logs")),
         *callbacks,
     ]
     print(f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "

@@ -43,6 +43,15 @@ def test_loss_falls_on_a_tiny_batch_with_two_replicas(network, lr, labelled_reco
     assert curve[-1] < 0.8 * curve[0], (network, curve)
     assert os.path.exists(tmp_path / training.MODEL_FILE)
     assert os.listdir(tmp_path / "logs")  # TensorBoard event files
+    # image previews after the last epoch: image | labels | output, side by side
+    images = {}
+    for path in tf.io.gfile.glob(str(tmp_path / "logs" / "previews" / "*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                images[v.tag] = (event.step, tf.io.decode_png(tf.make_ndarray(v.tensor)[2]).shape)
+    assert len(images) == 3 and all(t.startswith(f"{network}/") for t in images)
+    for step, (h, w, c) in images.values():
+        assert step == 6 and c == 3 and w > h  # three panels wide
     # the classifier runs at 10x (bias 20x) the base learning rate
     mult = model.optimizer.multipliers
     assert sorted(mult.values()) == [10.0, 20.0]
