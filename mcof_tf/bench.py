@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -282,6 +283,41 @@ def summarize_method(reports: dict) -> dict:
     return out
 
 
+def method_figure(summary: dict, path: str) -> None:
+    """The variants side by side (the paper's Fig. 8): mean ± std train mIoU through the stages, and the
+    PixelNet's val mIoU of each iteration; fully supervised as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if r.get("miou") is not None]
+    order = []  # every (iteration, stage) of the train rows, in pipeline order
+    for r in rows:
+        if r["split"] == "train" and r["variant"] != "fully_supervised" and (r["iteration"], r["stage"]) not in order:
+            order.append((r["iteration"], r["stage"]))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for variant in METHOD_VARIANTS[:3]:
+        for split, style in (("train", "o-"), ("val", "s--")):
+            pts = [(order.index((r["iteration"], r["stage"])), r) for r in rows if r["variant"] == variant
+                   and r["split"] == split and (r["iteration"], r["stage"]) in order
+                   and (split == "train" or r["stage"] == "pixelnet")]
+            if pts:
+                ax.errorbar([x for x, _ in pts], [r["miou"] for _, r in pts], [r.get("miou_std", 0) for _, r in pts],
+                            fmt=style, capsize=3, label=f"{variant} ({split})")
+    full = [r for r in rows if r["variant"] == "fully_supervised" and r["split"] == "val"]
+    if full:
+        ax.axhline(full[0]["miou"], color="grey", ls=":", label="fully supervised (val)")
+    ax.set_xticks(range(len(order)), [f"{it}:{stage}" for it, stage in order], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def bench_method(args) -> None:
     from mcof_tf.config import load_config
 
@@ -293,34 +329,39 @@ def bench_method(args) -> None:
         raise SystemExit(f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(METHOD_VARIANTS)}")
     flags = {"mcof": [], "no_saliency": ["--no-saliency"], "direct_iterative": ["--direct-iterative"],
              "fully_supervised": ["--fully-supervised"]}
-    reports = {}
-    for variant in variants:
-        for seed in seeds:
-            workdir = os.path.join(args.root, cfg.experiment.name, f"{variant}-seed{seed}")
-            cmd = [sys.executable, "-m", "mcof_tf.train", "--workdir", workdir, "--no-export",
-                   "--iter", str(1 if variant == "fully_supervised" else args.iterations),
-                   "--set", f"experiment.seed={seed}", *flags[variant]]
-            if args.config:
-                cmd += ["--config", args.config]
-            for o in args.overrides:
-                cmd += ["--set", o]
-            t0 = time.time()
-            print(f"bench method: {variant} seed {seed} → {workdir}", flush=True)
-            os.makedirs(os.path.dirname(workdir), exist_ok=True)
-            with open(workdir + ".log", "a") as log:  # the run's own output, kept beside its workdir
-                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-            print(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
-            with open(os.path.join(workdir, "report.json")) as f:
-                reports[(variant, seed)] = json.load(f)
+
+    def one_run(variant, seed):
+        workdir = os.path.join(args.root, cfg.experiment.name, f"{variant}-seed{seed}")
+        cmd = [sys.executable, "-m", "mcof_tf.train", "--workdir", workdir, "--no-export",
+               "--iter", str(1 if variant == "fully_supervised" else args.iterations),
+               "--set", f"experiment.seed={seed}", *flags[variant]]
+        if args.config:
+            cmd += ["--config", args.config]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        t0 = time.time()
+        print(f"bench method: {variant} seed {seed} → {workdir}", flush=True)
+        os.makedirs(os.path.dirname(workdir), exist_ok=True)
+        with open(workdir + ".log", "a") as log:  # the run's own output, kept beside its workdir
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        print(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+        with open(os.path.join(workdir, "report.json")) as f:
+            return json.load(f)
+
+    # --jobs runs side by side: one small-network run leaves part of a 2-core machine idle
+    runs = [(variant, seed) for variant in variants for seed in seeds]
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        reports = dict(zip(runs, pool.map(lambda vs: one_run(*vs), runs)))
     summary = summarize_method(reports)
     with open(os.path.join(args.root, cfg.experiment.name, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    method_figure(summary, os.path.join(args.root, cfg.experiment.name, "method.png"))
     print(f"\n{cfg.experiment.name}: mean ± std over seeds {args.seeds} (mIoU %, object precision / recall %)")
-    print(f"{'variant':17s} {'it':>2s} {'stage':9s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}")
+    print(f"{'variant':17s} {'it':>2s} {'stage':12s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}")
     for r in summary["rows"]:
         def ms(metric):
             return f"{r[metric]:6.2f} ± {r[metric + '_std']:4.2f}" if metric in r else f"{'-':>13s}"
-        print(f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:9s} {r['split']:5s} {ms('miou')} "
+        print(f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:12s} {r['split']:5s} {ms('miou')} "
               f"{ms('object_precision')} {ms('object_recall')}")
     if "ratio_to_fully_supervised" in summary:
         print(f"final val / fully supervised: {summary['ratio_to_fully_supervised']:.3f}")
@@ -352,6 +393,7 @@ def main(argv=None) -> int:
     pm.add_argument("--config", default=None)
     pm.add_argument("--set", dest="overrides", action="append", default=[])
     pm.add_argument("--seeds", default="0,1,2", help="experiment seeds, comma-separated")
+    pm.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     pm.add_argument("--variants", default=",".join(METHOD_VARIANTS), help="comma-separated, of "
                     + ", ".join(METHOD_VARIANTS))
     pm.add_argument("--iter", dest="iterations", type=int, default=3)

@@ -38,3 +38,14 @@ def test_summary_means_stds_ratio_and_differences():
 def test_unknown_variant_is_refused():
     with pytest.raises(SystemExit, match="unknown variant"):
         main(["method", "--variants", "mcof,bogus", "--seeds", "0"])
+
+
+def test_method_figure_draws_the_variants(tmp_path):
+    from mcof_tf.bench import method_figure
+
+    reports = {("mcof", 0): _report(20.0, 50.0, 90.0), ("direct_iterative", 0): _report(20.0, 45.0),
+               ("fully_supervised", 0): {"stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 60.0}]}}
+    for rep in reports.values():  # train rows too, the figure's x axis
+        rep["stages"] += [{"iteration": 1, "stage": "pixelnet", "split": "train", "miou": 40.0}]
+    method_figure(summarize_method(reports), str(tmp_path / "method.png"))
+    assert (tmp_path / "method.png").stat().st_size > 5000
