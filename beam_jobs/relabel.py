@@ -187,8 +187,9 @@ class RelabelFn(beam.DoFn):
         if not self.use_tags:  # validation: the labels stay the network's own prediction
             rec.labels, rec.label_stage = raw, "pixelnet"
             return rec, produced
-        mask = leave_unsure(mask, probs if probs is not None else softmax(scores, enforce), min_confidence)
-        produced["masks"] = mask  # what the next iteration learns from (Algorithm 1, line 10)
+        if min_confidence > 0:  # what the next iteration learns from (Algorithm 1, line 10)
+            mask = leave_unsure(mask, probs if probs is not None else softmax(scores, enforce), min_confidence)
+            produced["masks"] = mask
         rec.labels, rec.label_stage = mask, "masks"
         return rec, produced
 

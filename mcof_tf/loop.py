@@ -129,7 +129,7 @@ def _metric_rows(workdir: str) -> list[dict]:
         add(f"iter{t}/regions", "refined", "refined", "train", t)
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
         add(f"iter{t}/masks", "pixelnet_crf", "pixelnet_crf", "train", t)
-        add(f"iter{t}/masks", "masks", "masks", "train", t)  # the next seeds, when post-processed
+        add(f"iter{t}/masks", "masks", "masks", "train", t)  # the next seeds, when a confidence cut applies
         add(f"iter{t}/val", "pixelnet", "pixelnet", "val", t)
         add(f"iter{t}/val", "pixelnet_crf", "pixelnet_crf", "val", t)
         t += 1

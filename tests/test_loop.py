@@ -33,8 +33,10 @@ def test_report_has_every_stage_of_table_3(finished):
     cfg, base, rep = finished
     got = [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
     assert got == [(0, "seeds", "train"),
-                   (1, "regionnet", "train"), (1, "refined", "train"), (1, "pixelnet", "train"), (1, "pixelnet", "val"),
-                   (2, "regionnet", "train"), (2, "pixelnet", "train"), (2, "pixelnet", "val")]
+                   (1, "regionnet", "train"), (1, "refined", "train"), (1, "pixelnet", "train"),
+                   (1, "pixelnet_crf", "train"), (1, "pixelnet", "val"), (1, "pixelnet_crf", "val"),
+                   (2, "regionnet", "train"), (2, "pixelnet", "train"), (2, "pixelnet_crf", "train"),
+                   (2, "pixelnet", "val"), (2, "pixelnet_crf", "val")]
     for r in rep["stages"]:
         assert 0 <= r["miou"] <= 100 and set(r["per_class"]) == set(rep["classes"])
     work = base / "work"
@@ -84,7 +86,7 @@ def test_fully_supervised_variant(tiny_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny"])
     rep = loop.run_all(cfg, 1, str(tmp_path / "fs"), tiny_root, variant="fully_supervised", export=False)
-    assert [(r["stage"], r["split"]) for r in rep["stages"]] == [("pixelnet", "val")]
+    assert [(r["stage"], r["split"]) for r in rep["stages"]] == [("pixelnet", "val"), ("pixelnet_crf", "val")]
     assert json.load(open(tmp_path / "fs" / "config.json"))["variant"] == "fully_supervised"
 
 
