@@ -21,12 +21,11 @@ import shutil
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
-
 from beam_jobs import common, preprocess, relabel
 from mcof_tf import training
-from mcof_tf.export_masks import export_masks
 from mcof_tf.data import ensure_dataset
+from mcof_tf.export_masks import export_masks
+from mcof_tf.report import report as write_run_report
 
 VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
 MASKS_FOLDER = "SegmentationClassAug"  # the final training-set masks as palette PNGs
@@ -111,83 +110,6 @@ def mcof(run: Run, iterations: int) -> str:
     return pixelnet
 
 
-# ------------------------------------------------------------------------------------------- report
-
-def _metric_rows(workdir: str) -> list[dict]:
-    rows = []
-
-    def add(folder, name, stage, split, iteration):
-        m = common.read_manifest(os.path.join(workdir, folder)) or {}
-        metrics, stats = m.get("metrics", {}).get(name), m.get("stats", {}).get(name)
-        if metrics or stats:  # metrics need ground truth; stats do not
-            rows.append({"iteration": iteration, "stage": stage, "split": split, **(metrics or {}), "stats": stats})
-
-    add("seeds", "seeds", "seeds", "train", 0)
-    t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
-        add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
-        add(f"iter{t}/regions", "refined", "refined", "train", t)
-        add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
-        add(f"iter{t}/masks", "pixelnet_crf", "pixelnet_crf", "train", t)
-        add(f"iter{t}/masks", "masks", "masks", "train", t)  # the next seeds, when a confidence cut applies
-        add(f"iter{t}/val", "pixelnet", "pixelnet", "val", t)
-        add(f"iter{t}/val", "pixelnet_crf", "pixelnet_crf", "val", t)
-        t += 1
-    return rows
-
-
-def _strips(workdir: str, n: int = 4) -> Optional[dict]:
-    """The first `n` training images through the stages, next to the ground truth where there is one
-    (Fig. 6)."""
-    from mcof_tf.data import records
-
-    folders = [("seeds", "seeds")]
-    t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
-        folders += [(f"iter{t}/regions", f"it{t} regions"), (f"iter{t}/masks", f"it{t} PixelNet")]
-        t += 1
-    folders = [(f, name) for f, name in folders if common.read_manifest(os.path.join(workdir, f))]
-    if not folders:
-        return None
-    # only the n chosen images are decoded: the folders hold the whole training set
-    ids = sorted(records.record_ids(os.path.join(workdir, folders[0][0], "*.tfrecord")))[:n]
-    by_stage = {f: {r.id: r for r in records.read_records(os.path.join(workdir, f, "*.tfrecord"), set(ids))}
-                for f, _ in folders}
-    rows = []
-    from mcof_tf.method.labels import paint
-
-    with_gt = all(by_stage[folders[0][0]][i].groundtruth is not None for i in ids)
-    for i in ids:
-        first = by_stage[folders[0][0]][i]
-        row = [first.image]
-        for f, _ in folders:
-            r = by_stage[f].get(i)
-            if r is None:  # rejected at that stage
-                row.append(np.full(first.superpixels.shape, 255, np.uint8))
-            else:
-                row.append(r.labels if r.labels is not None else paint(r.superpixel_labels, r.superpixels))
-        if with_gt:
-            row.append(first.groundtruth)
-        rows.append(row)
-    return {"columns": ["image"] + [name for _, name in folders] + (["ground truth"] if with_gt else []), "rows": rows}
-
-
-def report(workdir: str) -> dict:
-    """(Re)compute report.json, report.md and the figures of a workdir from its stages' manifests."""
-    from mcof_tf.evaluate import write_report
-
-    info_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(info_path):
-        raise FileNotFoundError(f"{workdir} is not an mcof_tf workdir (no config.json)")
-    with open(info_path) as f:
-        info = json.load(f)
-    manifest = common.read_manifest(os.path.join(workdir, "records", info["config"]["data"]["train_split"]))
-    classes = manifest["classes"] if manifest else []
-    rows = _metric_rows(workdir)
-    return write_report(workdir, rows, classes, _strips(workdir), title=f"{info['config']['experiment']['name']} "
-                        f"({info['variant']})")
-
-
 # ------------------------------------------------------------------------------------------- driver
 
 def claim_workdir(run: Run) -> None:
@@ -250,7 +172,7 @@ def run_all(cfg, iterations: int, workdir: Optional[str] = None, data_root: Opti
     pixelnet = mcof(run, iterations)
     if variant != "fully_supervised":  # the mined masks as a product (python -m mcof_tf.export_masks)
         export_masks(workdir, run.path(MASKS_FOLDER))
-    rep = report(workdir)
+    rep = write_run_report(workdir)
     if export:
         classes = common.read_manifest(run.path("records", cfg.data.train_split))["classes"]
         rep["export"] = export_final(run, pixelnet, classes)

@@ -152,8 +152,6 @@ def parse_scales(text: str) -> list[float]:
 def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,), crf: bool = False,
         overlay: bool = False) -> dict:
     """Segment every image; returns {"read", "written", "skipped_existing", "rejected": [...]}."""
-    import tensorflow as tf
-
     from mcof_tf.data.voc import RejectedInput
     from mcof_tf.fileio import writable_dir
 

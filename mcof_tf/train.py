@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from mcof_tf.evaluate import summary_line
+    from mcof_tf.report import summary_line
 
     print("\nMCOF report:")
     for r in rep["stages"]:

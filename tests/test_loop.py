@@ -72,14 +72,14 @@ def test_a_workdir_made_by_another_config_is_refused(finished, tiny_root, change
         loop.run_all(other, 2, str(base / "work"), tiny_root)
 
 
-def test_evaluate_cli_recomputes_the_report(finished, capsys):
-    from mcof_tf import evaluate
+def test_report_cli_recomputes_the_report(finished, capsys):
+    from mcof_tf import report
 
     cfg, base, rep = finished
     os.remove(base / "work" / "report.json")
-    assert evaluate.main(["--workdir", str(base / "work")]) == 0
+    assert report.main(["--workdir", str(base / "work")]) == 0
     assert json.load(open(base / "work" / "report.json"))["stages"] == rep["stages"]
-    assert evaluate.main(["--workdir", str(base / "nowhere")]) == 2
+    assert report.main(["--workdir", str(base / "nowhere")]) == 2
 
 
 def test_fully_supervised_variant(tiny_root, tmp_path, monkeypatch):
@@ -136,7 +136,9 @@ def test_report_without_ground_truth(finished, tmp_path):
         m = json.loads(path.read_text())
         m.pop("metrics", None)
         path.write_text(json.dumps(m))
-    no_gt = loop.report(str(work))
+    from mcof_tf.report import report
+
+    no_gt = report(str(work))
     assert [(r["iteration"], r["stage"], r["split"]) for r in no_gt["stages"]] == \
         [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
     for r in no_gt["stages"]:
