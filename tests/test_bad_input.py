@@ -14,7 +14,7 @@ import pytest
 
 from beam_jobs import predict as beam_predict
 from beam_jobs import preprocess, relabel
-from mcof_tf import evaluate, export, predict, train
+from mcof_tf import export, predict, report, train
 
 UNWRITABLE = "/proc/mcof_tf_test_out"  # cannot be created, even by root
 
@@ -69,7 +69,7 @@ CASES = {
                           "holds no SavedModel"),
     "beam predict: no model": (beam_predict, ["--model", "/nonexistent", "--input", "TMP", "--output", "TMP/o"],
                                "holds no SavedModel"),
-    "evaluate: not a workdir": (evaluate, ["--workdir", "/nonexistent"], "not an mcof_tf workdir"),
+    "report: not a workdir": (report, ["--workdir", "/nonexistent"], "not an mcof_tf workdir"),
 }
 
 
