@@ -167,30 +167,23 @@ class RelabelFn(beam.DoFn):
         logits = self.forward(tf.constant(self._image(rec)))
         logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
         scores = np.asarray(logits[0])
-        raw = self._tag_argmax(scores, enforce).astype(np.uint8)
-        from mcof_tf.method.refine import softmax
-
-        self._confidence = softmax(scores, enforce).max(-1)  # how sure the network is (report, no GT needed)
-        produced = {"pixelnet": raw}
-        crf, min_confidence = self.label_rules.get("crf", False), self.label_rules.get("min_confidence", 0.0)
-        if not crf and not (self.use_tags and min_confidence > 0):
-            rec.labels, rec.label_stage = raw, "pixelnet"
-            return rec, produced
         from mcof_tf.method.labels import leave_unsure
-        from mcof_tf.method.refine import crf_probabilities
+        from mcof_tf.method.refine import crf_probabilities, softmax
 
-        mask, probs = raw, None
-        if crf:
+        probs = softmax(scores, enforce)
+        self._confidence = probs.max(-1)  # how sure the network is (report, no GT needed)
+        raw = mask = self._tag_argmax(scores, enforce).astype(np.uint8)
+        produced = {"pixelnet": raw}
+        if self.label_rules.get("crf", False):
             probs = crf_probabilities(rec.image, scores, enforce)
             mask = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
             produced["pixelnet_crf"] = mask
+        min_confidence = self.label_rules.get("min_confidence", 0.0)
         if not self.use_tags:  # validation: the labels stay the network's own prediction
-            rec.labels, rec.label_stage = raw, "pixelnet"
-            return rec, produced
-        if min_confidence > 0:  # what the next iteration learns from (Algorithm 1, line 10)
-            mask = leave_unsure(mask, probs if probs is not None else softmax(scores, enforce), min_confidence)
-            produced["masks"] = mask
-        rec.labels, rec.label_stage = mask, "masks"
+            mask = raw
+        elif min_confidence > 0:  # what the next iteration learns from (Algorithm 1, line 10)
+            mask = produced["masks"] = leave_unsure(mask, probs, min_confidence)
+        rec.labels, rec.label_stage = mask, ("pixelnet" if mask is raw else "masks")
         return rec, produced
 
     def _tag_argmax(self, scores, tags):
