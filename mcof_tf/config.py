@@ -147,6 +147,9 @@ class ModelConfig:
 class StageConfig:
     """Training schedule of one network (CAM, RegionNet or PixelNet)."""
     epochs: int = 10
+    # epochs of a network that starts from its previous iteration's weights (train.warm_start): it
+    # fine-tunes on masks that changed little, so it needs fewer; 0: `epochs`
+    warm_epochs: int = 0
     learning_rate: float = 1e-3
     batch_size: int = 10
 
@@ -340,4 +343,9 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"seeds.scales: expected positive numbers, got {cfg.seeds.scales!r}")
     if not 0.0 <= cfg.labels.min_confidence < 1.0:
         raise ConfigError(f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}")
+    for network in ("cam", "regionnet", "pixelnet"):
+        stage = getattr(cfg.train, network)
+        if stage.epochs < 1 or stage.warm_epochs < 0 or stage.batch_size < 1:
+            raise ConfigError(f"train.{network}: expected epochs >= 1, warm_epochs >= 0 and batch_size >= 1, "
+                              f"got {stage.epochs}, {stage.warm_epochs}, {stage.batch_size}")
     return cfg

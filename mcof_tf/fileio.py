@@ -31,3 +31,10 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """`obj` as indented JSON, written as `write_bytes_atomic` does."""
+    import json
+
+    write_bytes_atomic(path, json.dumps(obj, indent=1).encode())

@@ -25,6 +25,7 @@ from beam_jobs import common, preprocess, relabel
 from mcof_tf import training
 from mcof_tf.data import ensure_dataset
 from mcof_tf.export_masks import export_masks
+from mcof_tf.fileio import writable_dir, write_json_atomic
 from mcof_tf.report import report as write_run_report
 
 VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
@@ -114,7 +115,6 @@ def mcof(run: Run, iterations: int) -> str:
 
 def claim_workdir(run: Run) -> None:
     """Record which config and variant own the workdir; refuse to mix runs of different ones."""
-    from mcof_tf.fileio import writable_dir
 
     writable_dir(run.workdir)
     path = run.path("config.json")
@@ -139,9 +139,7 @@ def claim_workdir(run: Run) -> None:
             raise ValueError(f"{run.workdir} was made by a different config, variant or dataset; use another "
                              "--workdir (or delete it) rather than mixing runs")
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump(mine, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, mine)
 
 
 def export_final(run: Run, pixelnet: str, classes: list) -> str:
@@ -155,9 +153,7 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
     name = run.cfg.experiment.name + ("" if run.variant == "mcof" else f"-{run.variant}")
     path = export_saved_model(os.path.join(pixelnet, training.MODEL_FILE), os.path.join("saved_models", name),
                               classes, run.cfg.input.mean_rgb)
-    with open(marker + ".tmp", "w") as f:
-        json.dump({"path": path}, f)
-    os.replace(marker + ".tmp", marker)
+    write_json_atomic(marker, {"path": path})
     return path
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from beam_jobs import common
 from mcof_tf.data import records
+from mcof_tf.fileio import write_bytes_atomic, write_json_atomic
 from mcof_tf.method.labels import paint
 
 
@@ -40,6 +41,26 @@ def _metric_rows(workdir: str) -> list[dict]:
         add(f"iter{t}/val", "pixelnet_crf", "pixelnet_crf", "val", t)
         t += 1
     return rows
+
+
+def stage_seconds(workdir: str) -> dict:
+    """Wall seconds of every finished stage, in the loop's order: the Beam stages' manifests and the
+    training stages' train.json (the last attempt's time when a stage was resumed after a kill)."""
+    folders = ["records/train", "records/val", "groundtruth", "cam", "seeds"]
+    t = 1
+    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
+        folders += [f"iter{t}/{f}" for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
+        t += 1
+    seconds = {}
+    for folder in folders:
+        path = os.path.join(workdir, folder)
+        info = common.read_manifest(path)
+        if info is None and os.path.exists(os.path.join(path, "train.json")):
+            with open(os.path.join(path, "train.json")) as f:
+                info = json.load(f)
+        if info and info.get("seconds") is not None:
+            seconds[folder] = round(float(info["seconds"]), 1)
+    return seconds
 
 
 def _strips(workdir: str, n: int = 4) -> Optional[dict]:
@@ -92,11 +113,9 @@ def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips:
                  title: str = "") -> dict:
     """report.json, report.md and the figures from rows of
     {"iteration", "stage", "split", "miou", "per_class"}."""
-    report = {"title": title, "classes": list(classes), "stages": rows}
-    with open(os.path.join(workdir, "report.json.tmp"), "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(os.path.join(workdir, "report.json.tmp"), os.path.join(workdir, "report.json"))
-    _markdown(workdir, rows, classes, title)
+    report = {"title": title, "classes": list(classes), "stages": rows, "seconds": stage_seconds(workdir)}
+    write_json_atomic(os.path.join(workdir, "report.json"), report)
+    _markdown(workdir, rows, classes, title, report["seconds"])
     _progress_figure(workdir, rows)
     if strips:
         _strip_figure(workdir, strips, classes)
@@ -111,7 +130,7 @@ def summary_line(row: dict) -> str:
     return f"iteration {row['iteration']}  {row['stage']:12s}  {row['split']:5s}  {what}"
 
 
-def _markdown(workdir, rows, classes, title):
+def _markdown(workdir, rows, classes, title, seconds=None):
     lines = [f"# {title or 'MCOF run report'}", ""]
     scored = [r for r in rows if r.get("miou") is not None]
 
@@ -152,8 +171,10 @@ def _markdown(workdir, rows, classes, title):
             lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | {num(st['labelled'])} | "
                          f"{num(st['confidence'])} | {num(st['changed'])} | {st['images_with_an_unlabelled_tag']} "
                          f"of {st['images']} | " + " | ".join(num(st["share"].get(c)) for c in classes) + " |")
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    if seconds:
+        lines += ["", f"Wall time per stage ({sum(seconds.values()):.0f} s in all):", "", "| stage | seconds |",
+                  "|---|---|"] + [f"| {folder} | {s:.0f} |" for folder, s in seconds.items()]
+    write_bytes_atomic(os.path.join(workdir, "report.md"), ("\n".join(lines) + "\n").encode())
 
 
 def _progress_figure(workdir, rows):

@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     print("\nMCOF report:")
     for r in rep["stages"]:
         print("  " + summary_line(r))
+    if rep.get("seconds"):  # where the time went (the last attempt's, for stages resumed after a kill)
+        print("  wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rep["seconds"].items()))
     if rep.get("export"):
         print(f"exported: {rep['export']}")
     print(f"wall time {time.time() - started:.0f} s")

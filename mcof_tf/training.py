@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -28,6 +29,7 @@ import tensorflow as tf
 
 from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import count_records
+from mcof_tf.fileio import write_json_atomic
 from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER, build_cam
 from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER, deeplab_largefov
@@ -279,8 +281,9 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
     `init_from`: a model.keras of the same network whose weights start the training (warm start).
     """
+    started = time.time()
     stage = getattr(cfg.train, network)
-    epochs = epochs or stage.epochs
+    epochs = epochs or (stage.warm_epochs if init_from and stage.warm_epochs else stage.epochs)
     if not steps_per_epoch:
         steps_per_epoch = cfg.train.steps_per_epoch or max(count_records(records) // stage.batch_size, 1)
     strategy = strategy or make_strategy(cfg.train.devices)
@@ -318,6 +321,11 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     else:
         model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
                   shuffle=False)  # the tf.data pipeline shuffles (seeded)
+    # read by the run report (mcof_tf.report.stage_seconds); written before model.keras marks the end
+    write_json_atomic(os.path.join(out_dir, "train.json"), {
+        "seconds": round(time.time() - started, 3), "epochs": epochs, "resumed_after_epoch": done_epochs,
+        "steps_per_epoch": steps_per_epoch, "batch_size": stage.batch_size,
+        "replicas": strategy.num_replicas_in_sync, "warm_start": bool(init_from)})
     save_model(model, os.path.join(out_dir, MODEL_FILE))
     return model
 

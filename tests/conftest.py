@@ -39,6 +39,14 @@ def tiny_cfg():
     ])
 
 
+@pytest.fixture(scope="session")
+def labelled_records(tiny_root, tmp_path_factory):
+    """The tiny benchmark's train split as records whose current labels are the ground truth."""
+    path = tmp_path_factory.mktemp("rec") / "train-00000-of-00001.tfrecord"
+    write_groundtruth_records(tiny_root, path, limit=4)
+    return str(path)
+
+
 def write_groundtruth_records(root, path, limit=None):
     """The train split of a VOC-layout root as one TFRecord file whose current labels are the ground
     truth (what a fully supervised PixelNet trains on); returns the records."""

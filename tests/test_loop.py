@@ -43,6 +43,10 @@ def test_report_has_every_stage_of_table_3(finished):
     on_disk = json.load(open(work / "report.json"))
     assert on_disk["stages"] == rep["stages"]
     assert "| 2 | pixelnet | val |" in (work / "report.md").read_text()
+    # every stage's wall time, in the loop's order
+    assert list(rep["seconds"]) == ["records/train", "records/val", "cam", "seeds"] + [
+        f"iter{t}/{f}" for t in (1, 2) for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
+    assert all(s > 0 for s in rep["seconds"].values()) and "| iter2/pixelnet |" in (work / "report.md").read_text()
     assert (work / "miou_progress.png").stat().st_size > 0 and (work / "stages.png").stat().st_size > 0
 
 

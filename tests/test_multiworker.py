@@ -8,8 +8,6 @@ import textwrap
 
 import numpy as np
 
-from test_training import labelled_records  # noqa: F401 (fixture)
-
 WORKER = textwrap.dedent("""
     import json, os, sys
     import numpy as np
@@ -36,7 +34,7 @@ def _free_ports(n):
     return ports
 
 
-def test_two_workers_train_to_identical_weights(labelled_records, tmp_path):  # noqa: F811
+def test_two_workers_train_to_identical_weights(labelled_records, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}

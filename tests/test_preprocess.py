@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 

@@ -33,7 +33,7 @@ def test_layout_and_agreement_of_tags_with_masks(tiny_root):
 
 def test_benchmark_has_the_hard_properties():
     spec = synthetic.SyntheticSpec(seed=0, num_train=40, num_val=0, min_side=96, max_side=160)
-    sizes, n_tags, void, badge_ratio = set(), [], [], []
+    sizes, n_tags, void = set(), [], []
     for k in range(40):
         img, lab, objs = synthetic.render(spec, k)
         sizes.add(img.shape[:2])

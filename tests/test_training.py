@@ -1,4 +1,5 @@
 """The one training routine: 2 replicas (2 logical CPUs), loss falls, resume after an interruption."""
+import json
 import os
 
 import keras
@@ -6,16 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_groundtruth_records
 from mcof_tf import training
-
-
-@pytest.fixture(scope="module")
-def labelled_records(tiny_root, tmp_path_factory):
-    """The tiny benchmark's train split as records whose current labels are the ground truth."""
-    path = tmp_path_factory.mktemp("rec") / "train-00000-of-00001.tfrecord"
-    write_groundtruth_records(tiny_root, path, limit=4)
-    return str(path)
 
 
 def _cfg(tiny_cfg, network, lr):
@@ -94,6 +86,19 @@ def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_
     training.train("pixelnet", labelled_records, str(tmp_path / "b"), cfg, 7, epochs=1, steps_per_epoch=1,
                    init_from=str(tmp_path / "a" / training.MODEL_FILE), callbacks=[Peek()], verbose=0)
     np.testing.assert_array_equal(seen["kernel"], first.get_layer("fc8").get_weights()[0])
+
+
+def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(labelled_records, tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    cfg.train.steps_per_epoch = 1
+    cfg.train.pixelnet.epochs, cfg.train.pixelnet.warm_epochs = 2, 1
+    training.train("pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, verbose=0)
+    training.train("pixelnet", labelled_records, str(tmp_path / "b"), cfg, 7, verbose=0,
+                   init_from=str(tmp_path / "a" / training.MODEL_FILE))
+    runs = {k: json.loads((tmp_path / k / "train.json").read_text()) for k in "ab"}
+    assert (runs["a"]["epochs"], runs["a"]["warm_start"]) == (2, False)
+    assert (runs["b"]["epochs"], runs["b"]["warm_start"]) == (1, True)
+    assert all(r["seconds"] > 0 for r in runs.values())
 
 
 def test_xla_is_used_where_every_layer_supports_it(tiny_cfg):
