@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from mcof_tf.data.voc import IGNORE_LABEL
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

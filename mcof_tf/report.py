@@ -16,6 +16,7 @@ import numpy as np
 
 from beam_jobs import common
 from mcof_tf.data import records
+from mcof_tf.data.voc import IGNORE_LABEL
 from mcof_tf.fileio import write_bytes_atomic, write_json_atomic
 from mcof_tf.method.labels import paint
 
@@ -86,7 +87,7 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
         for f, _ in folders:
             r = by_stage[f].get(i)
             if r is None:  # rejected at that stage
-                row.append(np.full(first.superpixels.shape, 255, np.uint8))
+                row.append(np.full(first.superpixels.shape, IGNORE_LABEL, np.uint8))
             else:
                 row.append(r.labels if r.labels is not None else paint(r.superpixel_labels, r.superpixels))
         if with_gt:

@@ -1,10 +1,11 @@
 """The method's pure functions on small hand-made arrays whose right answer can be seen."""
 import numpy as np
 
-from mcof_tf.method.labels import drop_absent_classes, majority, paint
+from mcof_tf.method.labels import drop_absent_classes, paint
 from mcof_tf.method.refine import colour_likelihoods, object_posterior, refine_single_tag
 from mcof_tf.method.seeds import cam_seeds, local_maxima
 from mcof_tf.vision.crf import dense_crf
+from mcof_tf.models.regionnet import region_labels
 
 # 8x8 image cut into four 4x4 superpixels: 0 1 / 2 3
 SP = np.zeros((8, 8), np.int32)
@@ -34,13 +35,13 @@ def test_cam_seeds_local_maximum_below_threshold():
     assert got.tolist() == [1, 255, 0, 255]  # region 0 is the peak; region 2 is background
 
 
-def test_drop_absent_classes_and_paint_and_majority():
+def test_drop_absent_classes_and_paint_and_superpixel_majority():
     labels = np.array([[0, 1, 2], [3, 255, 2]], np.uint8)
     assert drop_absent_classes(labels, [2]).tolist() == [[0, 0, 2], [0, 255, 2]]
     sp = np.array([[0, 0, 1], [1, -1, 2]])
     assert paint(np.array([4, 5, 255]), sp).tolist() == [[4, 4, 5], [5, 255, 255]]
     pix = np.array([[1, 1, 2], [2, 0, 255]], np.uint8)
-    assert majority(pix, sp, 3).tolist() == [1, 2, 255]
+    assert region_labels(pix[None], sp[None], max_regions=3, num_classes=3)[0].numpy().tolist() == [1, 2, 255]
 
 
 def test_colour_likelihoods_and_posterior():

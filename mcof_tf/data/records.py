@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-IGNORE_LABEL = 255
+from mcof_tf.data.voc import IGNORE_LABEL
 
 ID = "image/id"
 IMAGE = "image/encoded"

@@ -30,7 +30,7 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
-IGNORE_LABEL = 255
+IGNORE_LABEL = 255  # VOC's "void": unlabelled / not scored, everywhere in the project
 
 # Ids are file stems: letters, digits, '_', '-', '.', never a path (no '/', no '..').
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

@@ -5,7 +5,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from mcof_tf.data.voc import IGNORE_LABEL
 
 
 def drop_absent_classes(labels: np.ndarray, tags: Iterable[int]) -> np.ndarray:
@@ -61,16 +61,4 @@ def paint(region_labels: np.ndarray, superpixels: np.ndarray) -> np.ndarray:
     out = np.full(superpixels.shape, IGNORE_LABEL, np.uint8)
     inside = superpixels >= 0
     out[inside] = np.asarray(region_labels, np.uint8)[superpixels[inside]]
-    return out
-
-
-def majority(pixel_labels: np.ndarray, superpixels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Each superpixel's most frequent labelled class (255 where none of its pixels is labelled).
-    How a PixelNet mask becomes RegionNet seeds (Algorithm 1, line 11)."""
-    n = int(superpixels.max()) + 1
-    ok = (pixel_labels < num_classes) & (superpixels >= 0)
-    votes = np.zeros((n, num_classes), np.int64)
-    np.add.at(votes, (superpixels[ok], pixel_labels[ok].astype(np.int64)), 1)
-    out = votes.argmax(1).astype(np.int64)
-    out[votes.sum(1) == 0] = IGNORE_LABEL
     return out

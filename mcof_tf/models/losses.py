@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-IGNORE_LABEL = 255
+from mcof_tf.data.voc import IGNORE_LABEL
 
 
 def _shrink(labels, logits):

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from mcof_tf.data.voc import IGNORE_LABEL
 from mcof_tf.models.backbones import _regularizer, backbone_features, load_backbone_weights
 
 CLASSIFIER = "region_classifier"
@@ -109,7 +110,7 @@ def build_regionnet(num_classes: int, backbone: str = "vgg16", width: float = 1.
     return model
 
 
-def region_labels(pixel_labels, superpixels, max_regions: int, num_classes: int, ignore_label: int = 255):
+def region_labels(pixel_labels, superpixels, max_regions: int, num_classes: int, ignore_label: int = IGNORE_LABEL):
     """Majority vote of the labelled pixels of each superpixel → (B, max_regions) int32, `ignore_label`
     for regions with no labelled pixel (or absent). How seeds, RegionNet targets and PixelNet masks
     (Algorithm 1, line 11) become per-superpixel labels."""
