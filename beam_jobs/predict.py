@@ -39,13 +39,13 @@ class PredictFn(beam.DoFn):
         self.rejected = Metrics.counter("predict", "rejected")
 
     def setup(self):
-        from mcof_tf.predict import Predictor
+        from mcof_tf.inference import Predictor
 
         self.predictor = Predictor(self.model)
 
     def process(self, path):
         from mcof_tf.data.voc import RejectedInput
-        from mcof_tf.predict import predict_file
+        from mcof_tf.inference import predict_file
 
         try:
             target, computed = predict_file(self.predictor, path, self.base, self.out_dir, self.scales,
@@ -62,7 +62,7 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
         crf: bool = False, overlay: bool = False) -> dict:
     import tensorflow as tf
 
-    from mcof_tf.predict import check_saved_model, list_inputs
+    from mcof_tf.inference import check_saved_model, list_inputs
 
     check_saved_model(model)  # on the launcher, before any worker starts
     base, paths = list_inputs(inputs)
@@ -100,7 +100,7 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mcof_tf.predict import add_options, parse_scales
+    from mcof_tf.inference import add_options, parse_scales
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved_models/<name>/<version> (local or gs://)")

@@ -209,19 +209,6 @@ class RelabelFn(beam.DoFn):
         return out
 
 
-def _model_file(model: Optional[str]) -> Optional[str]:
-    if model is None:
-        return None
-    from mcof_tf.training import MODEL_FILE
-
-    path = model if model.endswith(".keras") else os.path.join(model, MODEL_FILE)
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"no trained model at {path}")
-    return path
-
-
 def _file_digest(path: str) -> str:
     import tensorflow as tf
 
@@ -243,7 +230,9 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}")
     if stage != "groundtruth" and model is None:
         raise ValueError(f"--model is required for stage {stage}")
-    model_path = _model_file(model) if stage != "groundtruth" else None
+    from mcof_tf.training import model_file
+
+    model_path = model_file(model) if stage != "groundtruth" else None
     files = sorted(tf.io.gfile.glob(records))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {records}")

@@ -102,7 +102,9 @@ def forward_flops(model, height: int, width: int) -> float:
     """Multiply-adds x 2 of every convolution and dense layer for one image (other layers are noise)."""
     import keras
 
-    layers = [l for l in model._flatten_layers(include_self=False) if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    from mcof_tf.training import all_layers
+
+    layers = [l for l in all_layers(model)[1:] if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
     probe = keras.Model(model.input, [l.output for l in layers])
     outs = probe(np.zeros((1, height, width, 3), np.float32), training=False)
     total = 0.0

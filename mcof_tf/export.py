@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from mcof_tf.config import InputConfig
     from mcof_tf.data.voc import VOC_CLASSES, DatasetError, read_classes
     from mcof_tf.fileio import writable_dir
-    from mcof_tf.training import MODEL_FILE
+    from mcof_tf.training import model_file
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a training folder holding model.keras, or a .keras file")
@@ -132,17 +132,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-side", type=int, default=MAX_SIDE)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
     a = p.parse_args(argv)
-    path = a.checkpoint if a.checkpoint.endswith(".keras") else os.path.join(a.checkpoint, MODEL_FILE)
-    if not os.path.exists(path):
-        print(f"error: no trained model at {path}", file=sys.stderr)
-        return 2
     try:
+        path = model_file(a.checkpoint)
         classes = read_classes(a.classes) if a.classes else list(VOC_CLASSES)
         mean = [float(x) for x in a.mean_rgb.split(",")]
         if len(mean) != 3:
             raise ValueError("--mean-rgb needs three values")
         writable_dir(a.out)
-    except (DatasetError, ValueError, OSError) as e:
+    except (DatasetError, ValueError, OSError) as e:  # FileNotFoundError: no model
         print(f"error: {e}", file=sys.stderr)
         return 2
     export_saved_model(path, a.out, classes, mean, a.max_side, a.max_pixels)

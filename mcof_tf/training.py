@@ -219,7 +219,7 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
         optimizer = SGDWithMultipliers(
             {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
             learning_rate=schedule, momentum=cfg.train.momentum)
-        jit = cfg.train.jit_compile and all(layer.supports_jit for layer in model._flatten_layers())
+        jit = cfg.train.jit_compile and all(layer.supports_jit for layer in all_layers(model))
         model.compile(optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit)
     return model
 
@@ -385,6 +385,22 @@ def save_model(model: keras.Model, path: str) -> None:
     tmp = path[: -len(".keras")] + ".tmp.keras"
     model.save(tmp)
     os.replace(tmp, path)
+
+
+def all_layers(layer: keras.layers.Layer) -> list:
+    """`layer` and every layer inside it, nested models included (public attributes only)."""
+    out = [layer]
+    for inner in getattr(layer, "layers", []):
+        out += all_layers(inner)
+    return out
+
+
+def model_file(model: str) -> str:
+    """A training folder (holding model.keras) or a .keras file → the .keras file, which must exist."""
+    path = model if model.endswith(".keras") else f"{model.rstrip('/')}/{MODEL_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"no trained model at {path}")
+    return path
 
 
 def load_model(path: str) -> keras.Model:
