@@ -17,6 +17,7 @@ On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from typing import Optional, Sequence
@@ -25,6 +26,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from beam_jobs import common
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 OUTPUTS = "outputs"
 
@@ -71,7 +75,7 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
         for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
             tf.io.gfile.remove(path)
     started = time.time()
-    print(f"predict: {len(paths)} images from {inputs} → {out_dir}", flush=True)
+    log.info(f"predict: {len(paths)} images from {inputs} → {out_dir}")
     fn = PredictFn(model, base, out_dir, scales, crf, overlay)
 
     def build(p):
@@ -94,8 +98,8 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
                                       "crf": crf, "overlay": overlay})
     manifest = common.finish(out_dir, "", len(paths), fingerprint, started, {"model": model, "input": inputs},
                              written=len(done))
-    print(f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
-          f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s", flush=True)
+    log.info(f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
+             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s")
     return manifest
 
 
@@ -107,7 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--input", required=True, help="a folder (searched recursively) or a glob of images")
     parser.add_argument("--output", required=True)
     add_options(parser)
+    log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
+    log_setup.setup(args.verbose)
     try:
         run(args.model, args.input, args.output, options, parse_scales(args.scales), args.crf, args.overlay)
     except (FileNotFoundError, ValueError) as e:

@@ -17,6 +17,7 @@ On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -27,6 +28,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_jobs import common
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 
 class PreprocessFn(beam.DoFn):
@@ -70,7 +74,7 @@ class PreprocessFn(beam.DoFn):
                 common.REJECTED, common.rejection(image_id, f"unexpected {type(e).__name__}: {e}"))
         self.count += 1
         if self.count % 50 == 0:
-            print(f"preprocess: worker {os.getpid()} has processed {self.count} images", file=sys.stderr, flush=True)
+            log.info(f"preprocess: worker {os.getpid()} has processed {self.count} images")
 
     def _example(self, image_id: str) -> bytes:
         from PIL import Image
@@ -115,11 +119,11 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
         "saliency": asdict(cfg.saliency), "num_shards": cfg.records.num_shards, "ids": ids,
     })
     if common.is_complete(out_dir, fingerprint):
-        print(f"preprocess: {out_dir} is complete already; nothing to do", flush=True)
+        log.info(f"preprocess: {out_dir} is complete already; nothing to do")
         return common.read_manifest(out_dir)
     common.prepare_output(out_dir, split)
     started = time.time()
-    print(f"preprocess: {len(ids)} ids of split '{split}' from {dataset.root} → {out_dir}", flush=True)
+    log.info(f"preprocess: {len(ids)} ids of split '{split}' from {dataset.root} → {out_dir}")
     fn = PreprocessFn(dataset.root, dataset.classes, cfg.data.mask_dirs, asdict(cfg.superpixels),
                       cfg.saliency.method, cfg.data.max_side)
 
@@ -134,10 +138,10 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
     manifest = common.finish(out_dir, split, len(ids), fingerprint, started,
                              {"split": split, "classes": dataset.classes, "data_root": dataset.root})
     rate = len(ids) / max(manifest["seconds"], 1e-9)
-    print(f"preprocess: read {manifest['read']}, written {manifest['written']}, rejected "
-          f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s ({rate:.2f} images/s)", flush=True)
+    log.info(f"preprocess: read {manifest['read']}, written {manifest['written']}, rejected "
+             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s ({rate:.2f} images/s)")
     for r in manifest["rejected"][:20]:
-        print(f"  rejected {r['id']}: {r['reason']}", flush=True)
+        log.warning(f"  rejected {r['id']}: {r['reason']}")
     return manifest
 
 
@@ -153,7 +157,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", default=None, help="YAML config (default: configs/synthetic.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set superpixels.scale=200 (repeatable)")
+    log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
+    log_setup.setup(args.verbose)
     try:
         cfg = load_config(args.config, args.overrides)
         root = ensure_dataset(cfg.data, args.data_root)

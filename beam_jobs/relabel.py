@@ -22,6 +22,7 @@ project: rejected records go to `OUT/rejected.jsonl` and read == written + rejec
 from __future__ import annotations
 
 import argparse
+import logging
 import hashlib
 import json
 import os
@@ -35,6 +36,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_jobs import common
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 STAGES = ("cam", "regionnet", "pixelnet", "groundtruth")
 CONFUSION = "confusion"
@@ -111,8 +115,7 @@ class RelabelFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(rec_id, f"{type(e).__name__}: {e}"))
         self.count += 1
         if self.count % 50 == 0:
-            print(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images",
-                  file=sys.stderr, flush=True)
+            log.info(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images")
 
     @staticmethod
     def _labels_of(rec):
@@ -242,7 +245,7 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
         "refine": refine, "use_tags": use_tags, "labels": asdict(cfg.labels), "seeds": asdict(cfg.seeds), "num_classes": num_classes,
     })
     if common.is_complete(out_dir, fingerprint):
-        print(f"relabel {stage}: {out_dir} is complete already; nothing to do", flush=True)
+        log.info(f"relabel {stage}: {out_dir} is complete already; nothing to do")
         return common.read_manifest(out_dir)
     common.prepare_output(out_dir, PREFIX)
     for tag in (CONFUSION, STATS):
@@ -250,7 +253,7 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
             tf.io.gfile.remove(path)
     read = common.count_records(records)
     started = time.time()
-    print(f"relabel {stage}: {read} records from {records} → {out_dir}", flush=True)
+    log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
     fn = RelabelFn(model_path, stage, num_classes, cfg.input.mean_rgb, cfg.model.max_regions,
                    asdict(cfg.seeds), iteration, refine, use_tags, asdict(cfg.labels))
 
@@ -279,9 +282,8 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
                              {"stage": stage, "iteration": iteration, "refine": refine, "use_tags": use_tags,
                               "classes": list(classes), "metrics": metrics, "stats": stats})
     summary = ", ".join(f"{k} mIoU {v['miou']:.2f}" for k, v in sorted(metrics.items()))
-    print(f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
-          f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else ""),
-          flush=True)
+    log.info(f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
+             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else ""))
     return manifest
 
 
@@ -300,7 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--refine", action="store_true", help="saliency-guided refinement of single-tag images")
     parser.add_argument("--no-tags", action="store_true", help="do not enforce image tags (validation)")
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
+    log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
+    log_setup.setup(args.verbose)
     try:
         cfg = load_config(args.config, args.overrides)
         classes = _classes(args.records, args.classes) or list(VOC_CLASSES)

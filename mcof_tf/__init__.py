@@ -1,3 +1,12 @@
 """mcof_tf: weakly-supervised semantic segmentation by iteratively mining common object features."""
+import sys as _sys
 
 __version__ = "0.1.0"
+
+# `python -m mcof_tf.<tool>` (or beam_jobs.<job>): runpy imports this package while sys.argv[0] is
+# still "-m", before the tool's own imports pull in TensorFlow and Beam, so this is the one moment
+# their start-up noise can be hidden (mcof_tf.log). A library import never gets here.
+if _sys.argv[:1] == ["-m"] and not {"-v", "-vv", "--verbose"} & set(_sys.argv):
+    from mcof_tf import log as _log
+
+    _log.setup(0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 
 def bench_preprocess(args) -> None:
@@ -342,11 +347,11 @@ def bench_method(args) -> None:
         for o in args.overrides:
             cmd += ["--set", o]
         t0 = time.time()
-        print(f"bench method: {variant} seed {seed} → {workdir}", flush=True)
+        log.info(f"bench method: {variant} seed {seed} → {workdir}")
         os.makedirs(os.path.dirname(workdir), exist_ok=True)
-        with open(workdir + ".log", "a") as log:  # the run's own output, kept beside its workdir
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        print(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+        with open(workdir + ".log", "a") as out:  # the run's own output, kept beside its workdir
+            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+        log.info(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s")
         with open(os.path.join(workdir, "report.json")) as f:
             return json.load(f)
 
@@ -400,7 +405,9 @@ def main(argv=None) -> int:
                     + ", ".join(METHOD_VARIANTS))
     pm.add_argument("--iter", dest="iterations", type=int, default=3)
     pm.add_argument("--root", default="runs/bench", help="workdirs go to ROOT/<experiment name>/<variant>-seed<s>")
+    log_setup.add_verbose_flag(p)
     args = p.parse_args(argv)
+    log_setup.setup(args.verbose)
     {"preprocess": bench_preprocess, "saliency": bench_saliency, "train": bench_train,
      "serve": bench_serve, "method": bench_method}[args.what](args)
     return 0

@@ -22,11 +22,16 @@ Bytes that are not an image fail the request with InvalidArgument ("Unknown imag
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Sequence
 
 import tensorflow as tf
+
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 MAX_SIDE = 1024  # the network's input is scaled down to this longer side
 MAX_PIXELS = 4096 * 4096  # larger images are refused
@@ -114,7 +119,7 @@ def export_saved_model(model_file: str, base_dir: str, classes: Sequence[str], m
     with open(os.path.join(tmp, CLASSES_FILE), "w") as f:  # for mcof_tf.predict; TF Serving ignores it
         f.write("".join(f"{c}\n" for c in classes))
     os.replace(tmp, out)  # TF Serving polls the folder: it must never see a half-written version
-    print(f"exported {model_file} → {out}", flush=True)
+    log.info(f"exported {model_file} → {out}")
     return out
 
 
@@ -131,7 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--mean-rgb", default=",".join(str(v) for v in InputConfig().mean_rgb))
     p.add_argument("--max-side", type=int, default=MAX_SIDE)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
+    log_setup.add_verbose_flag(p)
     a = p.parse_args(argv)
+    log_setup.setup(a.verbose)
     try:
         path = model_file(a.checkpoint)
         classes = read_classes(a.classes) if a.classes else list(VOC_CLASSES)

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from typing import Optional
+
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 MARKER = "export_masks.json"
 
@@ -68,7 +73,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     mine = {"workdir": os.path.abspath(workdir), "iteration": t, "source": manifest["fingerprint"],
             "classes": manifest.get("classes", []), "count": manifest["written"]}
     if previous == mine:
-        print(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do", flush=True)
+        log.info(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do")
         return mine
     if previous and previous.get("workdir") != mine["workdir"]:
         raise ValueError(f"{out_dir} holds the masks of another run ({previous.get('workdir')}); choose another --out")
@@ -79,11 +84,11 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
         write_bytes_atomic(os.path.join(out_dir, f"{check_id(rec.id)}.png"), palette_png(labels))
         n += 1
         if n % 200 == 0:
-            print(f"export_masks: {n}/{mine['count']} masks written", flush=True)
+            log.info(f"export_masks: {n}/{mine['count']} masks written")
     if n != mine["count"]:
         raise RuntimeError(f"{source} holds {n} records but its manifest counts {mine['count']}")
     write_bytes_atomic(os.path.join(out_dir, MARKER), json.dumps(mine, indent=1).encode())
-    print(f"export_masks: {n} masks of iteration {t} → {out_dir} in {time.time() - started:.1f}s", flush=True)
+    log.info(f"export_masks: {n} masks of iteration {t} → {out_dir} in {time.time() - started:.1f}s")
     return mine
 
 
@@ -92,7 +97,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True, help="a run's workdir (python -m mcof_tf.train --workdir)")
     p.add_argument("--out", required=True, help="folder for <id>.png (new, empty, or a previous export's)")
     p.add_argument("--iteration", type=int, default=None, help="which iteration's masks (default: the last)")
+    log_setup.add_verbose_flag(p)
     args = p.parse_args(argv)
+    log_setup.setup(args.verbose)
     try:
         export_masks(args.workdir, args.out, args.iteration)
     except (FileNotFoundError, ValueError) as e:

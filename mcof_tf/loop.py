@@ -16,6 +16,7 @@ the first unfinished stage, and inside a training stage from its last epoch back
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from typing import Optional
 
 from beam_jobs import common, preprocess, relabel
 from mcof_tf import training
+from mcof_tf.config import Config
 from mcof_tf.data import ensure_dataset
 from mcof_tf.export_masks import export_masks
 from mcof_tf.fileio import writable_dir, write_json_atomic
 from mcof_tf.report import report as write_run_report
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
 MASKS_FOLDER = "SegmentationClassAug"  # the final training-set masks as palette PNGs
@@ -59,7 +63,7 @@ def train_network(run: Run, network: str, records: str, folder: str, num_classes
     network starts from `previous` (the same network of the iteration before) when there is one."""
     out = run.path(folder)
     if os.path.exists(os.path.join(out, training.MODEL_FILE)):
-        print(f"{folder}: trained already", flush=True)
+        log.info(f"{folder}: trained already")
         return out
     init = os.path.join(previous, training.MODEL_FILE) if previous and run.cfg.train.warm_start else None
     training.train(network, records, out, run.cfg, num_classes, init_from=init)
@@ -113,6 +117,30 @@ def mcof(run: Run, iterations: int) -> str:
 
 # ------------------------------------------------------------------------------------------- driver
 
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def run_record_differences(theirs: dict, mine: dict) -> list[str]:
+    """Keys (a.b.c) whose values differ between a workdir's config.json and this run's. Not counted:
+    where the workdir is and which devices train (they may change between a run and its resumption),
+    and keys an older mcof_tf did not write that hold their default value now."""
+    def as_stored(d):  # as JSON has it (tuples are lists)
+        return _flat(json.loads(json.dumps(d)))
+
+    a, b, defaults = as_stored(theirs), as_stored(mine), as_stored({"config": Config().to_dict()})
+    missing = object()
+    return sorted(k for k in a.keys() | b.keys()
+                  if k not in ("config.experiment.workdir", "config.train.devices")
+                  and a.get(k, missing) != b.get(k, missing)
+                  and not (k not in a and b[k] == defaults.get(k, missing)))
+
+
 def claim_workdir(run: Run) -> None:
     """Record which config and variant own the workdir; refuse to mix runs of different ones."""
 
@@ -120,24 +148,17 @@ def claim_workdir(run: Run) -> None:
     path = run.path("config.json")
     mine = {"config": run.cfg.to_dict(), "variant": run.variant, "data_root": os.path.abspath(run.data_root)}
 
-    def comparable(d):
-        # where the workdir is and which devices train may change between a run and its resumption
-        c = json.loads(json.dumps(d)) if isinstance(d, dict) else {}
-        cfg = c.get("config") if isinstance(c.get("config"), dict) else {}
-        for section, key in (("experiment", "workdir"), ("train", "devices")):
-            if isinstance(cfg.get(section), dict):
-                cfg[section].pop(key, None)
-        return json.dumps(c, sort_keys=True)
-
     if os.path.exists(path):
         try:
             with open(path) as f:
                 theirs = json.load(f)
         except ValueError as e:
             raise ValueError(f"{path} is not a readable run record ({e}); use another --workdir") from e
-        if comparable(theirs) != comparable(mine):
-            raise ValueError(f"{run.workdir} was made by a different config, variant or dataset; use another "
-                             "--workdir (or delete it) rather than mixing runs")
+        differ = run_record_differences(theirs, mine)
+        if differ:
+            raise ValueError(f"{run.workdir} was made by a different config, variant or dataset ({', '.join(differ[:5])}"
+                             f"{', ...' if len(differ) > 5 else ''}); use another --workdir (or delete it) rather "
+                             "than mixing runs")
         return
     write_json_atomic(path, mine)
 

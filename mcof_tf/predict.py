@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from typing import Optional, Sequence
 
 from mcof_tf.fileio import writable_dir, write_bytes_atomic
 from mcof_tf.inference import Predictor, add_options, list_inputs, parse_scales, predict_file
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 REJECTED_FILE = "rejected.jsonl"
 
@@ -44,7 +48,7 @@ def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,),
         except RejectedInput as e:
             rejected.append({"id": path, "reason": str(e)})
         if i % 20 == 0 or i == len(paths):
-            print(f"predict: {i}/{len(paths)} images ({time.time() - started:.1f}s)", file=sys.stderr, flush=True)
+            log.info(f"predict: {i}/{len(paths)} images ({time.time() - started:.1f}s)")
     write_bytes_atomic(f"{out_dir.rstrip('/')}/{REJECTED_FILE}",
                        "".join(json.dumps(r) + "\n" for r in rejected).encode())
     summary = {"read": len(paths), "written": written, "skipped_existing": existing, "rejected": rejected}
@@ -59,7 +63,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--images", required=True, help="a folder (searched recursively) or a glob, local or gs://")
     p.add_argument("--out", required=True)
     add_options(p)
+    log_setup.add_verbose_flag(p)
     a = p.parse_args(argv)
+    log_setup.setup(a.verbose)
     import tensorflow as tf
 
     try:

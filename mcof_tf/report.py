@@ -19,6 +19,7 @@ from mcof_tf.data import records
 from mcof_tf.data.voc import IGNORE_LABEL
 from mcof_tf.fileio import write_bytes_atomic, write_json_atomic
 from mcof_tf.method.labels import paint
+from mcof_tf import log as log_setup
 
 
 def _metric_rows(workdir: str) -> list[dict]:
@@ -233,7 +234,9 @@ def _strip_figure(workdir, strips, classes):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
+    log_setup.add_verbose_flag(p)
     args = p.parse_args(argv)
+    log_setup.setup(args.verbose)
     try:
         rep = report(args.workdir)
     except FileNotFoundError as e:

@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+from mcof_tf import log as log_setup
+
 
 def main(argv=None) -> int:
     from beam_jobs.common import split_args
@@ -33,7 +35,9 @@ def main(argv=None) -> int:
     v.add_argument("--direct-iterative", dest="variant", action="store_const", const="direct_iterative")
     v.add_argument("--fully-supervised", dest="variant", action="store_const", const="fully_supervised")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    log_setup.add_verbose_flag(p)
     args, beam_options = split_args(p, argv)
+    log_setup.setup(args.verbose)
     if args.iterations < 1:
         p.error("--iter must be at least 1")
     started = time.time()

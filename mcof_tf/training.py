@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -34,6 +35,8 @@ from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER, build_cam
 from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER, deeplab_largefov
 from mcof_tf.models.regionnet import CLASSIFIER as REGION_CLASSIFIER, build_regionnet, region_labels
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 
@@ -296,7 +299,7 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     backup = os.path.join(out_dir, "backup")
     done_epochs = _backed_up_epochs(backup)
     if done_epochs:  # a resumed run sees the batches an uninterrupted one would have seen next
-        print(f"train {network}: resuming after epoch {done_epochs} from {backup}", flush=True)
+        log.info(f"train {network}: resuming after epoch {done_epochs} from {backup}")
     ds = distributed_input(network, records, cfg, num_classes, stage.batch_size, strategy,
                            done_epochs * steps_per_epoch)
     model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
@@ -309,8 +312,8 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
         ImagePreviews(network, records, num_classes, cfg, os.path.join(out_dir, "logs")),
         *callbacks,
     ]
-    print(f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
-          f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters", flush=True)
+    log.info(f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
+             f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters")
     if verbose is None:  # a live bar on a terminal, one line per epoch in logs
         verbose = 1 if sys.stdout.isatty() else 2
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -361,7 +364,7 @@ def _fit_multi_worker(model: keras.Model, ds, strategy, epochs: int, steps_per_e
         total = 0.0
         for _ in range(steps_per_epoch):
             total += float(train_step(iterator))
-        print(f"Epoch {epoch + 1}/{epochs} - loss: {total / steps_per_epoch:.4f}", flush=True)
+        log.info(f"Epoch {epoch + 1}/{epochs} - loss: {total / steps_per_epoch:.4f}")
         with writer.as_default():
             tf.summary.scalar("epoch_loss", total / steps_per_epoch, step=epoch)
         os.makedirs(backup, exist_ok=True)

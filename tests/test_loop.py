@@ -1,5 +1,6 @@
 """The MCOF loop end to end on the tiny benchmark: stages, report, export, resume, refusal to mix."""
 import json
+import logging
 import os
 
 import pytest
@@ -57,12 +58,13 @@ def test_final_pixelnet_is_exported_in_tf_serving_layout(finished):
     assert os.path.exists(os.path.join(base, export, "saved_model.pb"))
 
 
-def test_rerun_resumes_without_redoing_anything(finished, tiny_root, capsys):
+def test_rerun_resumes_without_redoing_anything(finished, tiny_root, caplog):
+    caplog.set_level(logging.INFO)
     cfg, base, rep = finished
     stamps = {p: os.path.getmtime(base / "work" / p) for p in ("cam/model.keras", "iter2/pixelnet/model.keras",
                                                                "iter2/val/manifest.json")}
     again = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "trained already" in out and "complete already" in out and "train cam:" not in out
     assert again["stages"] == rep["stages"] and again["export"] == rep["export"]
     assert stamps == {p: os.path.getmtime(base / "work" / p) for p in stamps}
@@ -94,7 +96,8 @@ def test_fully_supervised_variant(tiny_root, tmp_path, monkeypatch):
     assert json.load(open(tmp_path / "fs" / "config.json"))["variant"] == "fully_supervised"
 
 
-def test_the_mined_masks_are_written_as_palette_pngs(finished, tmp_path, capsys):
+def test_the_mined_masks_are_written_as_palette_pngs(finished, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     import numpy as np
     from PIL import Image
 
@@ -119,7 +122,7 @@ def test_the_mined_masks_are_written_as_palette_pngs(finished, tmp_path, capsys)
     some = next(iter(first))
     assert (np.asarray(Image.open(out / f"{some}.png")) == first[some]).all()
     assert export_masks.main(["--workdir", str(work), "--out", str(out), "--iteration", "1"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in caplog.text
     # refused: an iteration that did not run, and a folder of PNGs it did not write (ground truth, say)
     assert export_masks.main(["--workdir", str(work), "--out", str(tmp_path / "x"), "--iteration", "3"]) == 2
     theirs = tmp_path / "gt"
@@ -179,3 +182,15 @@ def test_ablation_variants_from_the_cli(flag, tiny_root, tmp_path, capsys):
         assert (2, "regionnet", "train") not in stages and not (work / "iter2" / "regionnet").exists()
         assert (2, "pixelnet", "val") in stages
     assert f"iteration {iterations}  pixelnet" in capsys.readouterr().out
+
+
+def test_run_record_differences_name_the_keys_and_accept_new_defaults():
+    cfg = load_config("synthetic")
+    mine = {"config": cfg.to_dict(), "variant": "mcof", "data_root": "/d"}
+    older = json.loads(json.dumps(mine))
+    del older["config"]["train"]["pixelnet"]["warm_epochs"]  # a key an older mcof_tf did not write
+    older["config"]["experiment"]["workdir"] = "elsewhere"  # moved workdirs resume
+    assert loop.run_record_differences(older, mine) == []
+    cfg.train.pixelnet.warm_epochs = 5  # ... but not when the new key is set to something else
+    changed = {"config": cfg.to_dict(), "variant": "no_saliency", "data_root": "/d"}
+    assert loop.run_record_differences(older, changed) == ["config.train.pixelnet.warm_epochs", "variant"]

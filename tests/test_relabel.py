@@ -1,5 +1,6 @@
 """The Beam relabel job on tiny records with small random models (the rules, not the accuracy)."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -112,9 +113,10 @@ def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
         assert (r.labels == r.groundtruth).all() and r.label_stage == "groundtruth"
 
 
-def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, capsys):
+def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     first = _run(base, "cam", tmp_path)
-    assert _run(base, "cam", tmp_path) == first and "complete already" in capsys.readouterr().out
+    assert _run(base, "cam", tmp_path) == first and "complete already" in caplog.text
     cfg, recs, classes, _ = base
     with pytest.raises(FileNotFoundError, match="no trained model"):
         relabel.run(recs, str(tmp_path / "nothing"), "cam", str(tmp_path / "o"), cfg, 7, classes)

@@ -1,7 +1,10 @@
 """Datasets (VOC layout, the embedded benchmark), the TFRecord schema and tf.data pipelines."""
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 
 def ensure_dataset(data_cfg, root: str | None = None) -> str:
@@ -20,6 +23,6 @@ def ensure_dataset(data_cfg, root: str | None = None) -> str:
                                       "data.synthetic; delete it or point data.root elsewhere")
             if os.path.isdir(os.path.join(root, "JPEGImages")):
                 return root  # a real dataset put where the benchmark would go: use it as it is
-            print(f"generating the embedded benchmark in {root} ...", flush=True)
+            log.info(f"generating the embedded benchmark in {root} ...")
             synthetic.write_dataset(root, spec)
     return root

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -42,6 +43,9 @@ from skimage import draw, segmentation, transform
 
 from mcof_tf.config import SyntheticConfig as SyntheticSpec  # the generator's parameters are the config's
 from mcof_tf.data.voc import IGNORE_LABEL, voc_palette
+from mcof_tf import log as log_setup
+
+log = logging.getLogger(__name__)
 
 ALL_CLASSES = ("background", "beetle", "crab", "kite", "lamp", "snail", "turtle", "frog", "moth", "shell", "vase")
 CLASSES = ALL_CLASSES[:7]  # the default benchmark's (data.synthetic.num_classes: 6)
@@ -318,7 +322,7 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
         with open(os.path.join(tmp, "Annotations", f"{image_id}.xml"), "wb") as f:
             f.write(_annotation_xml(image_id, h, w, objects))
         if progress and ((i + 1) % 50 == 0 or i + 1 == len(all_ids)):
-            print(f"synthetic: {i + 1}/{len(all_ids)} images", file=sys.stderr, flush=True)
+            log.info(f"synthetic: {i + 1}/{len(all_ids)} images")
     for split, ids in splits.items():
         with open(os.path.join(tmp, "ImageSets", "Segmentation", f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
@@ -348,7 +352,9 @@ def main(argv=None) -> int:
     p.add_argument("--backgrounds", choices=sorted(_PHOTOS), default=defaults.backgrounds)
     p.add_argument("--distractors", type=float, default=defaults.distractors,
                    help="share of images with a salient distractor")
+    log_setup.add_verbose_flag(p)
     a = p.parse_args(argv)
+    log_setup.setup(a.verbose)
     spec = SyntheticSpec(a.seed, a.num_train, a.num_val, a.min_side, a.max_side, a.num_classes,
                          list(a.object_scale), a.backgrounds, a.distractors)
     try:
