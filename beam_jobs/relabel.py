@@ -19,17 +19,19 @@ carry ground truth, the job also sums confusion matrices of what it produced (an
 unrefined RegionNet labels), reported in `OUT/manifest.json` under "metrics". As every job of the
 project: rejected records go to `OUT/rejected.jsonl` and read == written + rejected.
 """
+
 from __future__ import annotations
 
 import argparse
-import logging
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Optional, Sequence
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -49,9 +51,19 @@ PREFIX = "records"
 class RelabelFn(beam.DoFn):
     """Serialized example → serialized example with new labels (+ confusion matrices on a side output)."""
 
-    def __init__(self, model_path: Optional[str], stage: str, num_classes: int, mean_rgb: Sequence[float],
-                 max_regions: int, seed_params: dict, iteration: int, refine: bool, use_tags: bool,
-                 label_rules: Optional[dict] = None):
+    def __init__(
+        self,
+        model_path: Optional[str],
+        stage: str,
+        num_classes: int,
+        mean_rgb: Sequence[float],
+        max_regions: int,
+        seed_params: dict,
+        iteration: int,
+        refine: bool,
+        use_tags: bool,
+        label_rules: Optional[dict] = None,
+    ):
         self.model_path = model_path
         self.stage = stage
         self.num_classes = num_classes
@@ -78,14 +90,13 @@ class RelabelFn(beam.DoFn):
 
         model = training.load_model(self.model_path)
         if self.stage == "cam":
-            from mcof_tf.models.cam import CLASSIFIER, cam_extractor
-
-            from mcof_tf.models.cam import class_activation_maps
+            from mcof_tf.models.cam import CLASSIFIER, cam_extractor, class_activation_maps
 
             extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
             scales, flip = self.seed_params.get("scales", [1.0]), self.seed_params.get("flip", False)
-            self.cams = tf.function(lambda x: class_activation_maps(extractor, kernel, x, scales, flip),
-                                    reduce_retracing=True)
+            self.cams = tf.function(
+                lambda x: class_activation_maps(extractor, kernel, x, scales, flip), reduce_retracing=True
+            )
         # one trace for every image size
         self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
@@ -105,14 +116,19 @@ class RelabelFn(beam.DoFn):
             self.written.inc()
             tags = rec.tag_indices if self.use_tags and self.stage != "groundtruth" else None
             for name, labels in produced.items():
-                stats = label_stats(labels, self.num_classes, tags, previous,
-                                    self._confidence if name == "pixelnet" else None)
+                stats = label_stats(
+                    labels, self.num_classes, tags, previous, self._confidence if name == "pixelnet" else None
+                )
                 yield beam.pvalue.TaggedOutput(STATS, (name, stats))
                 if rec.groundtruth is not None:
-                    yield beam.pvalue.TaggedOutput(CONFUSION, (name, confusion(rec.groundtruth, labels, self.num_classes)))
+                    yield beam.pvalue.TaggedOutput(
+                        CONFUSION, (name, confusion(rec.groundtruth, labels, self.num_classes))
+                    )
         except Exception as e:  # noqa: BLE001 - counted and reported, never silently dropped
             self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(rec_id, f"{type(e).__name__}: {e}"))
+            yield beam.pvalue.TaggedOutput(
+                common.REJECTED, common.rejection(rec_id, f"{type(e).__name__}: {e}")
+            )
         self.count += 1
         if self.count % 50 == 0:
             log.info(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images")
@@ -145,7 +161,9 @@ class RelabelFn(beam.DoFn):
             from mcof_tf.method.seeds import cam_seeds
 
             cams = np.asarray(self.cams(self._image(rec)))[0]
-            rule = {k: v for k, v in self.seed_params.items() if k not in ("scales", "flip")}  # CAM inference's
+            rule = {
+                k: v for k, v in self.seed_params.items() if k not in ("scales", "flip")
+            }  # CAM inference's
             rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **rule)
             rec.label_stage = "seeds"
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
@@ -192,8 +210,12 @@ class RelabelFn(beam.DoFn):
     def _tag_argmax(self, scores, tags):
         from mcof_tf.method.labels import tag_argmax
 
-        return tag_argmax(scores, tags, self.label_rules.get("tag_rule", "restrict"),
-                          self.label_rules.get("keep_tags", False))
+        return tag_argmax(
+            scores,
+            tags,
+            self.label_rules.get("tag_rule", "restrict"),
+            self.label_rules.get("keep_tags", False),
+        )
 
     def _region_scores(self, rec) -> np.ndarray:
         """RegionNet's logits (n, C) for every superpixel; images with more superpixels than the
@@ -221,9 +243,19 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_classes: int,
-        classes: Sequence[str], pipeline_options=None, iteration: int = 0, refine: bool = False,
-        use_tags: bool = True) -> dict:
+def run(
+    records: str,
+    model: Optional[str],
+    stage: str,
+    out_dir: str,
+    cfg,
+    num_classes: int,
+    classes: Sequence[str],
+    pipeline_options=None,
+    iteration: int = 0,
+    refine: bool = False,
+    use_tags: bool = True,
+) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     import tensorflow as tf
 
@@ -239,11 +271,21 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
     files = sorted(tf.io.gfile.glob(records))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {records}")
-    fingerprint = common.fingerprint({
-        "job": "relabel", "files": files, "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
-        "model": _file_digest(model_path) if model_path else None, "stage": stage, "iteration": iteration,
-        "refine": refine, "use_tags": use_tags, "labels": asdict(cfg.labels), "seeds": asdict(cfg.seeds), "num_classes": num_classes,
-    })
+    fingerprint = common.fingerprint(
+        {
+            "job": "relabel",
+            "files": files,
+            "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
+            "model": _file_digest(model_path) if model_path else None,
+            "stage": stage,
+            "iteration": iteration,
+            "refine": refine,
+            "use_tags": use_tags,
+            "labels": asdict(cfg.labels),
+            "seeds": asdict(cfg.seeds),
+            "num_classes": num_classes,
+        }
+    )
     if common.is_complete(out_dir, fingerprint):
         log.info(f"relabel {stage}: {out_dir} is complete already; nothing to do")
         return common.read_manifest(out_dir)
@@ -254,21 +296,40 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
     read = common.count_records(records)
     started = time.time()
     log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
-    fn = RelabelFn(model_path, stage, num_classes, cfg.input.mean_rgb, cfg.model.max_regions,
-                   asdict(cfg.seeds), iteration, refine, use_tags, asdict(cfg.labels))
+    fn = RelabelFn(
+        model_path,
+        stage,
+        num_classes,
+        cfg.input.mean_rgb,
+        cfg.model.max_regions,
+        asdict(cfg.seeds),
+        iteration,
+        refine,
+        use_tags,
+        asdict(cfg.labels),
+    )
 
     def build(p):
-        results = (p
-                   | "Read" >> beam.io.ReadFromTFRecord(records)
-                   | "Spread" >> beam.Reshuffle()
-                   | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records"))
-        common.write_outputs(results.records, results[common.REJECTED], out_dir, PREFIX, cfg.records.num_shards)
+        results = (
+            p
+            | "Read" >> beam.io.ReadFromTFRecord(records)
+            | "Spread" >> beam.Reshuffle()
+            | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
+        )
+        common.write_outputs(
+            results.records, results[common.REJECTED], out_dir, PREFIX, cfg.records.num_shards
+        )
         for tag in (CONFUSION, STATS):  # summed over images per produced label map
-            (results[tag]
-             | f"Sum{tag}" >> beam.CombinePerKey(sum)
-             | f"{tag}ToJson" >> beam.MapTuple(lambda name, m, tag=tag: json.dumps({"name": name, tag: m.tolist()}))
-             | f"Write{tag}" >> beam.io.WriteToText(common.join(out_dir, tag), file_name_suffix=".jsonl",
-                                                   shard_name_template=""))
+            (
+                results[tag]
+                | f"Sum{tag}" >> beam.CombinePerKey(sum)
+                | f"{tag}ToJson"
+                >> beam.MapTuple(lambda name, m, tag=tag: json.dumps({"name": name, tag: m.tolist()}))
+                | f"Write{tag}"
+                >> beam.io.WriteToText(
+                    common.join(out_dir, tag), file_name_suffix=".jsonl", shard_name_template=""
+                )
+            )
 
     common.run_pipeline(pipeline_options, build)
     metrics, stats = {}, {}
@@ -278,12 +339,27 @@ def run(records: str, model: Optional[str], stage: str, out_dir: str, cfg, num_c
                 for line in f.read().splitlines():
                     row = json.loads(line)
                     entries[row["name"]] = entry(np.asarray(row[tag]), classes)
-    manifest = common.finish(out_dir, PREFIX, read, fingerprint, started,
-                             {"stage": stage, "iteration": iteration, "refine": refine, "use_tags": use_tags,
-                              "classes": list(classes), "metrics": metrics, "stats": stats})
+    manifest = common.finish(
+        out_dir,
+        PREFIX,
+        read,
+        fingerprint,
+        started,
+        {
+            "stage": stage,
+            "iteration": iteration,
+            "refine": refine,
+            "use_tags": use_tags,
+            "classes": list(classes),
+            "metrics": metrics,
+            "stats": stats,
+        },
+    )
     summary = ", ".join(f"{k} mIoU {v['miou']:.2f}" for k, v in sorted(metrics.items()))
-    log.info(f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
-             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else ""))
+    log.info(
+        f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
+        f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else "")
+    )
     return manifest
 
 
@@ -291,7 +367,9 @@ def main(argv=None) -> int:
     from mcof_tf.config import ConfigError, load_config
     from mcof_tf.data.voc import VOC_CLASSES
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", required=True, help="glob of input TFRecords")
     parser.add_argument("--model", default=None, help="training folder (with model.keras) or a .keras file")
     parser.add_argument("--stage", required=True, choices=STAGES)
@@ -299,7 +377,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--iteration", type=int, default=0)
-    parser.add_argument("--refine", action="store_true", help="saliency-guided refinement of single-tag images")
+    parser.add_argument(
+        "--refine", action="store_true", help="saliency-guided refinement of single-tag images"
+    )
     parser.add_argument("--no-tags", action="store_true", help="do not enforce image tags (validation)")
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
@@ -308,8 +388,19 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         classes = _classes(args.records, args.classes) or list(VOC_CLASSES)
-        run(args.records, args.model, args.stage, args.out, cfg, len(classes), classes, options,
-            args.iteration, args.refine, not args.no_tags)
+        run(
+            args.records,
+            args.model,
+            args.stage,
+            args.out,
+            cfg,
+            len(classes),
+            classes,
+            options,
+            args.iteration,
+            args.refine,
+            not args.no_tags,
+        )
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

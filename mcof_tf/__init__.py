@@ -1,4 +1,5 @@
 """mcof_tf: weakly-supervised semantic segmentation by iteratively mining common object features."""
+
 import sys as _sys
 
 __version__ = "0.1.0"

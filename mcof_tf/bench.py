@@ -1,17 +1,18 @@
 """Benchmarks (not tests): they print their figures, which the docs quote with the command.
 
-    python -m mcof_tf.bench preprocess [--config C] [--workers 1,2]   Beam preprocess throughput
-    python -m mcof_tf.bench saliency --records GLOB                   saliency MAE / max F vs ground truth
-    python -m mcof_tf.bench train [--steps 3]                          PixelNet training step: images/s,
-                                                                      FLOPs, fraction of the matmul ceiling
-    python -m mcof_tf.bench serve [--images 10]                        SavedModel latency vs a direct Keras
-                                                                      forward, CPU config and paper size
-    python -m mcof_tf.bench method [--config C] [--seeds 0,1,2]        the MCOF loop under several experiment
-        [--variants mcof,no_saliency,direct_iterative,fully_supervised] seeds: mean ± std of every stage,
-        [--iter 3] [--root runs/bench]                                 the ratio to full supervision and each
-                                                                      ablation's difference (finished
-                                                                      workdirs are reused, killed ones resume)
+python -m mcof_tf.bench preprocess [--config C] [--workers 1,2]   Beam preprocess throughput
+python -m mcof_tf.bench saliency --records GLOB                   saliency MAE / max F vs ground truth
+python -m mcof_tf.bench train [--steps 3]                          PixelNet training step: images/s,
+                                                                  FLOPs, fraction of the matmul ceiling
+python -m mcof_tf.bench serve [--images 10]                        SavedModel latency vs a direct Keras
+                                                                  forward, CPU config and paper size
+python -m mcof_tf.bench method [--config C] [--seeds 0,1,2]        the MCOF loop under several experiment
+    [--variants mcof,no_saliency,direct_iterative,fully_supervised] seeds: mean ± std of every stage,
+    [--iter 3] [--root runs/bench]                                 the ratio to full supervision and each
+                                                                  ablation's difference (finished
+                                                                  workdirs are reused, killed ones resume)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,19 @@ def bench_preprocess(args) -> None:
     split = args.split or cfg.data.train_split
     for workers in [int(w) for w in args.workers.split(",")]:
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "-m", "beam_jobs.preprocess", "--data-root", root, "--split", split,
-                   "--out", out, "--direct_num_workers", str(workers)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "beam_jobs.preprocess",
+                "--data-root",
+                root,
+                "--split",
+                split,
+                "--out",
+                out,
+                "--direct_num_workers",
+                str(workers),
+            ]
             if args.config:
                 cmd += ["--config", args.config]
             for o in args.overrides:
@@ -54,9 +66,12 @@ def bench_preprocess(args) -> None:
             with open(os.path.join(out, "manifest.json")) as f:
                 m = json.load(f)
         mode = "multi_processing" if workers > 1 else "in_memory"
-        print(f"preprocess workers={workers} ({mode}): {m['written']} images, pipeline {m['seconds']:.1f}s "
-              f"= {m['written'] / m['seconds']:.2f} images/s; whole command {wall:.1f}s "
-              f"= {m['written'] / wall:.2f} images/s", flush=True)
+        print(
+            f"preprocess workers={workers} ({mode}): {m['written']} images, pipeline {m['seconds']:.1f}s "
+            f"= {m['written'] / m['seconds']:.2f} images/s; whole command {wall:.1f}s "
+            f"= {m['written'] / wall:.2f} images/s",
+            flush=True,
+        )
 
 
 def bench_saliency(args) -> None:
@@ -76,8 +91,11 @@ def bench_saliency(args) -> None:
         sources.add(rec.saliency_source)
     if not maes:
         raise SystemExit("no records with ground truth match " + args.records)
-    print(f"saliency ({', '.join(sorted(sources))}) on {len(maes)} images: MAE {np.mean(maes):.4f}, "
-          f"max F-measure (beta^2=0.3) {max_f_measure(np.array(ps), np.array(rs)):.4f}", flush=True)
+    print(
+        f"saliency ({', '.join(sorted(sources))}) on {len(maes)} images: MAE {np.mean(maes):.4f}, "
+        f"max F-measure (beta^2=0.3) {max_f_measure(np.array(ps), np.array(rs)):.4f}",
+        flush=True,
+    )
 
 
 def matmul_flops_per_second(n: int = 2048, reps: int = 20) -> float:
@@ -100,7 +118,7 @@ def matmul_flops_per_second(n: int = 2048, reps: int = 20) -> float:
         t0 = time.perf_counter()
         run().numpy()
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 * reps / best
+    return 2.0 * n**3 * reps / best
 
 
 def forward_flops(model, height: int, width: int) -> float:
@@ -124,7 +142,9 @@ def _time_fit(model, ds, steps: int) -> float:
     import keras
 
     stamps = []
-    clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter()))
+    clock = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter())
+    )
     model.fit(ds, epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock])
     return float(np.median(np.diff(stamps[1:])))  # the first steps trace, compile and fill buffers
 
@@ -139,8 +159,10 @@ def bench_train(args) -> None:
     ceiling = matmul_flops_per_second()
     print(f"fp32 matmul ceiling (2048x2048, TensorFlow): {ceiling / 1e9:.1f} GFLOP/s", flush=True)
     strategy = training.make_strategy()
-    for label, config, overrides in (("CPU config", "synthetic", []),
-                                     ("paper 321 crop", "voc2012_vgg16", ["model.weights=none"])):
+    for label, config, overrides in (
+        ("CPU config", "synthetic", []),
+        ("paper 321 crop", "voc2012_vgg16", ["model.weights=none"]),
+    ):
         cfg = load_config(config, overrides + args.overrides)
         num_classes = 21 if config == "voc2012_vgg16" else 7
         crop, batch = cfg.input.crop_size, args.batch or cfg.train.pixelnet.batch_size
@@ -150,15 +172,18 @@ def bench_train(args) -> None:
         x = rng.normal(0, 50, (batch, crop, crop, 3)).astype(np.float32)
         y = rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32)
         t_mem = _time_fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(), args.steps)
-        line = (f"{label}: PixelNet {cfg.model.backbone} crop {crop} batch {batch}: {t_mem:.3f} s/step, "
-                f"{batch / t_mem:.2f} images/s, {flops / 1e9:.1f} GFLOP/step, {flops / t_mem / 1e9:.1f} GFLOP/s "
-                f"= {flops / t_mem / ceiling:.2f} of the matmul ceiling")
+        line = (
+            f"{label}: PixelNet {cfg.model.backbone} crop {crop} batch {batch}: {t_mem:.3f} s/step, "
+            f"{batch / t_mem:.2f} images/s, {flops / 1e9:.1f} GFLOP/step, {flops / t_mem / 1e9:.1f} GFLOP/s "
+            f"= {flops / t_mem / ceiling:.2f} of the matmul ceiling"
+        )
         if args.records or config == "synthetic":
             pattern = args.records or _synthetic_records(cfg, ensure_dataset(cfg.data))
             cfg.train.pixelnet.batch_size = batch
             ds = training.input_dataset("pixelnet", pattern, cfg, num_classes, batch)
             t_pipe = _time_fit(model, ds, args.steps)
-            line += f"; from TFRecords {t_pipe:.3f} s/step (input pipeline {max(t_pipe - t_mem, 0) / t_pipe:.1%} of the step)"
+            share = max(t_pipe - t_mem, 0) / t_pipe
+            line += f"; from TFRecords {t_pipe:.3f} s/step (input pipeline {share:.1%} of the step)"
         print(line, flush=True)
 
 
@@ -183,8 +208,10 @@ def bench_serve(args) -> None:
     from mcof_tf.config import load_config
     from mcof_tf.export import export_saved_model
 
-    for label, config, (h, w) in (("CPU config", "synthetic", (128, 160)),
-                                  ("paper size", "voc2012_vgg16", (375, 500))):
+    for label, config, (h, w) in (
+        ("CPU config", "synthetic", (128, 160)),
+        ("paper size", "voc2012_vgg16", (375, 500)),
+    ):
         cfg = load_config(config, ["model.weights=none"] + args.overrides)
         num_classes = 21 if config == "voc2012_vgg16" else 7
         model = training.NETWORKS["pixelnet"].build(num_classes, cfg)
@@ -195,10 +222,14 @@ def bench_serve(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "pixelnet.keras")
             training.save_model(model, path)
-            version = export_saved_model(path, os.path.join(tmp, "export"), [str(i) for i in range(num_classes)],
-                                         cfg.input.mean_rgb)
+            version = export_saved_model(
+                path, os.path.join(tmp, "export"), [str(i) for i in range(num_classes)], cfg.input.mean_rgb
+            )
             served = tf.saved_model.load(version)
-            logits_sig, default_sig = served.signatures["predict_logits"], served.signatures["serving_default"]
+            logits_sig, default_sig = (
+                served.signatures["predict_logits"],
+                served.signatures["serving_default"],
+            )
 
             def keras_forward(im):
                 return model(tf.constant(im[None], tf.float32) - mean, training=False).numpy()
@@ -212,19 +243,29 @@ def bench_serve(args) -> None:
             compiled = tf.function(lambda x: model(x - mean, training=False))  # Keras model, traced once
 
             t_keras = _median_seconds(keras_forward, images, args.repeats)
-            t_traced = _median_seconds(lambda im: compiled(tf.constant(im[None], tf.float32)).numpy(), images,
-                                       args.repeats)
-            t_logits = _median_seconds(lambda im: logits_sig(images=tf.constant(im[None], tf.float32))["logits"].numpy(),
-                                       images, args.repeats)
+            t_traced = _median_seconds(
+                lambda im: compiled(tf.constant(im[None], tf.float32)).numpy(), images, args.repeats
+            )
+            t_logits = _median_seconds(
+                lambda im: logits_sig(images=tf.constant(im[None], tf.float32))["logits"].numpy(),
+                images,
+                args.repeats,
+            )
             t_keras_e2e = _median_seconds(keras_end_to_end, encoded, args.repeats)
-            t_default = _median_seconds(lambda d: default_sig(images=tf.constant([d]))["label_png_bytes"].numpy(),
-                                        encoded, args.repeats)
-        print(f"{label}: PixelNet {cfg.model.backbone} on {h}x{w} images ({args.images} images x {args.repeats}, "
-              f"median per image): Keras forward eager {t_keras * 1e3:.1f} ms, in a tf.function "
-              f"{t_traced * 1e3:.1f} ms; SavedModel predict_logits {t_logits * 1e3:.1f} ms "
-              f"({t_logits / min(t_keras, t_traced):.2f}x the faster Keras); Keras decode+forward+resize+argmax+PNG "
-              f"{t_keras_e2e * 1e3:.1f} ms, SavedModel serving_default {t_default * 1e3:.1f} ms "
-              f"({t_default / t_keras_e2e:.2f}x)", flush=True)
+            t_default = _median_seconds(
+                lambda d: default_sig(images=tf.constant([d]))["label_png_bytes"].numpy(),
+                encoded,
+                args.repeats,
+            )
+        print(
+            f"{label}: PixelNet {cfg.model.backbone} on {h}x{w} images ({args.images} images x {args.repeats}, "
+            f"median per image): Keras forward eager {t_keras * 1e3:.1f} ms, in a tf.function "
+            f"{t_traced * 1e3:.1f} ms; SavedModel predict_logits {t_logits * 1e3:.1f} ms "
+            f"({t_logits / min(t_keras, t_traced):.2f}x the faster Keras); Keras decode+forward+resize+argmax+PNG "
+            f"{t_keras_e2e * 1e3:.1f} ms, SavedModel serving_default {t_default * 1e3:.1f} ms "
+            f"({t_default / t_keras_e2e:.2f}x)",
+            flush=True,
+        )
 
 
 def _synthetic_records(cfg, root: str) -> str:
@@ -259,8 +300,12 @@ def summarize_method(reports: dict) -> dict:
 
     def order(item):  # variants as listed, then iterations, stages in pipeline order, train before val
         variant, it, stage, split = item[0]
-        return (METHOD_VARIANTS.index(variant) if variant in METHOD_VARIANTS else 99, it,
-                STAGE_ORDER.index(stage) if stage in STAGE_ORDER else 99, split != "train")
+        return (
+            METHOD_VARIANTS.index(variant) if variant in METHOD_VARIANTS else 99,
+            it,
+            STAGE_ORDER.index(stage) if stage in STAGE_ORDER else 99,
+            split != "train",
+        )
 
     rows = []
     for (variant, it, stage, split), metrics in sorted(table.items(), key=order):
@@ -270,7 +315,9 @@ def summarize_method(reports: dict) -> dict:
         rows.append(row)
 
     def final_val(variant):
-        vals = [r for r in rows if r["variant"] == variant and r["split"] == "val" and r["stage"] == "pixelnet"]
+        vals = [
+            r for r in rows if r["variant"] == variant and r["split"] == "val" and r["stage"] == "pixelnet"
+        ]
         return max(vals, key=lambda r: r["iteration"]) if vals else None
 
     out = {"rows": rows, "differences": []}
@@ -285,8 +332,15 @@ def summarize_method(reports: dict) -> dict:
                 common_seeds = sorted(set(base) & set(table[key]["miou"]))
                 if common_seeds:
                     mean, std, n = _mean_std([base[s] - table[key]["miou"][s] for s in common_seeds])
-                    out["differences"].append({"variant": variant, "iteration": mcof["iteration"],
-                                               "mcof_minus_variant": mean, "std": std, "seeds": n})
+                    out["differences"].append(
+                        {
+                            "variant": variant,
+                            "iteration": mcof["iteration"],
+                            "mcof_minus_variant": mean,
+                            "std": std,
+                            "seeds": n,
+                        }
+                    )
     return out
 
 
@@ -301,21 +355,38 @@ def method_figure(summary: dict, path: str) -> None:
     rows = [r for r in summary["rows"] if r.get("miou") is not None]
     order = []  # every (iteration, stage) of the train rows, in pipeline order
     for r in rows:
-        if r["split"] == "train" and r["variant"] != "fully_supervised" and (r["iteration"], r["stage"]) not in order:
+        if (
+            r["split"] == "train"
+            and r["variant"] != "fully_supervised"
+            and (r["iteration"], r["stage"]) not in order
+        ):
             order.append((r["iteration"], r["stage"]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for variant in METHOD_VARIANTS[:3]:
         for split, style in (("train", "o-"), ("val", "s--")):
-            pts = [(order.index((r["iteration"], r["stage"])), r) for r in rows if r["variant"] == variant
-                   and r["split"] == split and (r["iteration"], r["stage"]) in order
-                   and (split == "train" or r["stage"] == "pixelnet")]
+            pts = [
+                (order.index((r["iteration"], r["stage"])), r)
+                for r in rows
+                if r["variant"] == variant
+                and r["split"] == split
+                and (r["iteration"], r["stage"]) in order
+                and (split == "train" or r["stage"] == "pixelnet")
+            ]
             if pts:
-                ax.errorbar([x for x, _ in pts], [r["miou"] for _, r in pts], [r.get("miou_std", 0) for _, r in pts],
-                            fmt=style, capsize=3, label=f"{variant} ({split})")
+                ax.errorbar(
+                    [x for x, _ in pts],
+                    [r["miou"] for _, r in pts],
+                    [r.get("miou_std", 0) for _, r in pts],
+                    fmt=style,
+                    capsize=3,
+                    label=f"{variant} ({split})",
+                )
     full = [r for r in rows if r["variant"] == "fully_supervised" and r["split"] == "val"]
     if full:
         ax.axhline(full[0]["miou"], color="grey", ls=":", label="fully supervised (val)")
-    ax.set_xticks(range(len(order)), [f"{it}:{stage}" for it, stage in order], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(
+        range(len(order)), [f"{it}:{stage}" for it, stage in order], rotation=45, ha="right", fontsize=8
+    )
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mean ± std over seeds")
     ax.grid(alpha=0.3)
@@ -333,15 +404,31 @@ def bench_method(args) -> None:
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(METHOD_VARIANTS))
     if unknown:
-        raise SystemExit(f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(METHOD_VARIANTS)}")
-    flags = {"mcof": [], "no_saliency": ["--no-saliency"], "direct_iterative": ["--direct-iterative"],
-             "fully_supervised": ["--fully-supervised"]}
+        raise SystemExit(
+            f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(METHOD_VARIANTS)}"
+        )
+    flags = {
+        "mcof": [],
+        "no_saliency": ["--no-saliency"],
+        "direct_iterative": ["--direct-iterative"],
+        "fully_supervised": ["--fully-supervised"],
+    }
 
     def one_run(variant, seed):
         workdir = os.path.join(args.root, cfg.experiment.name, f"{variant}-seed{seed}")
-        cmd = [sys.executable, "-m", "mcof_tf.train", "--workdir", workdir, "--no-export",
-               "--iter", str(1 if variant == "fully_supervised" else args.iterations),
-               "--set", f"experiment.seed={seed}", *flags[variant]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mcof_tf.train",
+            "--workdir",
+            workdir,
+            "--no-export",
+            "--iter",
+            str(1 if variant == "fully_supervised" else args.iterations),
+            "--set",
+            f"experiment.seed={seed}",
+            *flags[variant],
+        ]
         if args.config:
             cmd += ["--config", args.config]
         for o in args.overrides:
@@ -363,18 +450,28 @@ def bench_method(args) -> None:
     with open(os.path.join(args.root, cfg.experiment.name, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     method_figure(summary, os.path.join(args.root, cfg.experiment.name, "method.png"))
-    print(f"\n{cfg.experiment.name}: mean ± std over seeds {args.seeds} (mIoU %, object precision / recall %)")
-    print(f"{'variant':17s} {'it':>2s} {'stage':12s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}")
+    print(
+        f"\n{cfg.experiment.name}: mean ± std over seeds {args.seeds} (mIoU %, object precision / recall %)"
+    )
+    print(
+        f"{'variant':17s} {'it':>2s} {'stage':12s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}"
+    )
     for r in summary["rows"]:
+
         def ms(metric):
             return f"{r[metric]:6.2f} ± {r[metric + '_std']:4.2f}" if metric in r else f"{'-':>13s}"
-        print(f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:12s} {r['split']:5s} {ms('miou')} "
-              f"{ms('object_precision')} {ms('object_recall')}")
+
+        print(
+            f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:12s} {r['split']:5s} {ms('miou')} "
+            f"{ms('object_precision')} {ms('object_recall')}"
+        )
     if "ratio_to_fully_supervised" in summary:
         print(f"final val / fully supervised: {summary['ratio_to_fully_supervised']:.3f}")
     for d in summary["differences"]:
-        print(f"mcof - {d['variant']} (val, iteration {d['iteration']}): {d['mcof_minus_variant']:+.2f} ± "
-              f"{d['std']:.2f} over {d['seeds']} seeds")
+        print(
+            f"mcof - {d['variant']} (val, iteration {d['iteration']}): {d['mcof_minus_variant']:+.2f} ± "
+            f"{d['std']:.2f} over {d['seeds']} seeds"
+        )
 
 
 def main(argv=None) -> int:
@@ -401,15 +498,25 @@ def main(argv=None) -> int:
     pm.add_argument("--set", dest="overrides", action="append", default=[])
     pm.add_argument("--seeds", default="0,1,2", help="experiment seeds, comma-separated")
     pm.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
-    pm.add_argument("--variants", default=",".join(METHOD_VARIANTS), help="comma-separated, of "
-                    + ", ".join(METHOD_VARIANTS))
+    pm.add_argument(
+        "--variants",
+        default=",".join(METHOD_VARIANTS),
+        help="comma-separated, of " + ", ".join(METHOD_VARIANTS),
+    )
     pm.add_argument("--iter", dest="iterations", type=int, default=3)
-    pm.add_argument("--root", default="runs/bench", help="workdirs go to ROOT/<experiment name>/<variant>-seed<s>")
+    pm.add_argument(
+        "--root", default="runs/bench", help="workdirs go to ROOT/<experiment name>/<variant>-seed<s>"
+    )
     log_setup.add_verbose_flag(p)
     args = p.parse_args(argv)
     log_setup.setup(args.verbose)
-    {"preprocess": bench_preprocess, "saliency": bench_saliency, "train": bench_train,
-     "serve": bench_serve, "method": bench_method}[args.what](args)
+    {
+        "preprocess": bench_preprocess,
+        "saliency": bench_saliency,
+        "train": bench_train,
+        "serve": bench_serve,
+        "method": bench_method,
+    }[args.what](args)
     return 0
 
 

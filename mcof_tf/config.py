@@ -5,6 +5,7 @@ optional `base:` key names another YAML file (relative to this one) whose values
 command-line overrides `--set section.key=value` change single fields. Every key is checked: an
 unknown key or a value of the wrong type is a `ConfigError` that names the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ class ExperimentConfig:
 @dataclass
 class SyntheticConfig:
     """Parameters of the embedded benchmark (mcof_tf.data.synthetic); used when data.root is missing."""
+
     seed: int = 0
     num_train: int = 200
     num_val: int = 60
@@ -69,6 +71,7 @@ class SuperpixelConfig:
     `scale` and `min_size` are multiplied by (longer side / reference_side) for each image, which
     keeps the number of superpixels per object roughly constant across image sizes.
     """
+
     scale: float = 100.0
     sigma: float = 0.8
     min_size: int = 20
@@ -85,6 +88,7 @@ class SaliencyConfig:
 @dataclass
 class SeedsConfig:
     """CAM → initial seeds (§4.1); CAMs are normalised to [0, 1] per class."""
+
     fg_threshold: float = 0.5  # a superpixel scoring above this seeds its class
     bg_threshold: float = 0.1  # every tagged class below this: background
     peak_min: float = 0.3  # a local-maximum superpixel seeds only above this
@@ -119,6 +123,7 @@ class RecordsConfig:
 @dataclass
 class InputConfig:
     """tf.data input pipeline and joint augmentation."""
+
     crop_size: int = 321
     batch_size: int = 10
     min_scale: float = 0.7
@@ -146,6 +151,7 @@ class ModelConfig:
 @dataclass
 class StageConfig:
     """Training schedule of one network (CAM, RegionNet or PixelNet)."""
+
     epochs: int = 10
     # epochs of a network that starts from its previous iteration's weights (train.warm_start): it
     # fine-tunes on masks that changed little, so it needs fewer; 0: `epochs`
@@ -278,7 +284,9 @@ def resolve_path(name_or_path: str) -> str:
     """A config path as given, or a bare name looked up in the package's configs/ folder."""
     if os.path.exists(name_or_path):
         return name_or_path
-    candidate = os.path.join(CONFIG_DIR, name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    candidate = os.path.join(
+        CONFIG_DIR, name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml"
+    )
     if os.path.exists(candidate):
         return candidate
     raise ConfigError(f"config file not found: {name_or_path}")
@@ -342,10 +350,14 @@ def _validate(cfg: Config) -> Config:
     if not cfg.seeds.scales or any(s <= 0 for s in cfg.seeds.scales):
         raise ConfigError(f"seeds.scales: expected positive numbers, got {cfg.seeds.scales!r}")
     if not 0.0 <= cfg.labels.min_confidence < 1.0:
-        raise ConfigError(f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}")
+        raise ConfigError(
+            f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}"
+        )
     for network in ("cam", "regionnet", "pixelnet"):
         stage = getattr(cfg.train, network)
         if stage.epochs < 1 or stage.warm_epochs < 0 or stage.batch_size < 1:
-            raise ConfigError(f"train.{network}: expected epochs >= 1, warm_epochs >= 0 and batch_size >= 1, "
-                              f"got {stage.epochs}, {stage.warm_epochs}, {stage.batch_size}")
+            raise ConfigError(
+                f"train.{network}: expected epochs >= 1, warm_epochs >= 0 and batch_size >= 1, "
+                f"got {stage.epochs}, {stage.warm_epochs}, {stage.batch_size}"
+            )
     return cfg

@@ -3,9 +3,11 @@ that need no ground truth. The run report that shows them is `mcof_tf.report`.
 
 A prediction of 255 (a seed left unlabelled) counts as background; ground-truth 255 (void) is skipped.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -19,7 +21,7 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     g = gt[valid].astype(np.int64)
     if g.size and (g.max() >= num_classes or p.max() >= num_classes):
         raise ValueError(f"labels outside the {num_classes} classes")
-    return np.bincount(g * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(g * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def iou_per_class(conf: np.ndarray) -> np.ndarray:
@@ -54,7 +56,9 @@ def precision_recall_per_class(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray
     conf = np.asarray(conf, np.float64)
     tp = np.diag(conf)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(conf.sum(0) > 0, tp / conf.sum(0), np.nan), np.where(conf.sum(1) > 0, tp / conf.sum(1), np.nan)
+        return np.where(conf.sum(0) > 0, tp / conf.sum(0), np.nan), np.where(
+            conf.sum(1) > 0, tp / conf.sum(1), np.nan
+        )
 
 
 def metrics_entry(conf: np.ndarray, classes: Sequence[str]) -> dict:
@@ -65,19 +69,31 @@ def metrics_entry(conf: np.ndarray, classes: Sequence[str]) -> dict:
     def pct(values):
         return {c: (None if np.isnan(v) else round(float(v) * 100, 3)) for c, v in zip(classes, values)}
 
-    return {"miou": round(mean_iou(conf), 3),
-            "object_precision": round(precision, 3), "object_recall": round(recall, 3),
-            "per_class": pct(iou), "per_class_precision": pct(per_p), "per_class_recall": pct(per_r)}
+    return {
+        "miou": round(mean_iou(conf), 3),
+        "object_precision": round(precision, 3),
+        "object_recall": round(recall, 3),
+        "per_class": pct(iou),
+        "per_class_precision": pct(per_p),
+        "per_class_recall": pct(per_r),
+    }
 
 
-def label_stats(labels: np.ndarray, num_classes: int, tags=None, previous: Optional[np.ndarray] = None,
-                confidence: Optional[np.ndarray] = None) -> np.ndarray:
+def label_stats(
+    labels: np.ndarray,
+    num_classes: int,
+    tags=None,
+    previous: Optional[np.ndarray] = None,
+    confidence: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """What can be said of one image's labels without ground truth, as a vector to sum over images:
     [pixels of each class (C), unlabelled pixels, images, images with a tag that got no pixel,
     pixels whose label changed from `previous`, pixels labelled in both, summed confidence, pixels].
     tags: the image's tags (None: not checked); confidence: the network's top probability per pixel."""
     labels = np.asarray(labels).astype(np.int64)
-    counts = np.bincount(np.where(labels == IGNORE_LABEL, num_classes, labels).ravel(), minlength=num_classes + 1)
+    counts = np.bincount(
+        np.where(labels == IGNORE_LABEL, num_classes, labels).ravel(), minlength=num_classes + 1
+    )
     if counts.size > num_classes + 1:
         raise ValueError(f"labels outside the {num_classes} classes")
     missing = tags is not None and any(counts[int(t)] == 0 for t in tags)
@@ -92,16 +108,20 @@ def label_stats(labels: np.ndarray, num_classes: int, tags=None, previous: Optio
 def stats_entry(summed: np.ndarray, classes: Sequence[str]) -> dict:
     """Summed `label_stats` vectors → shares in percent (None where nothing was measured)."""
     c = len(classes)
-    counts, (images, missing, changed, compared, conf, conf_n) = summed[:c + 1], summed[c + 1:]
+    counts, (images, missing, changed, compared, conf, conf_n) = summed[: c + 1], summed[c + 1 :]
     pixels = counts.sum()
 
     def pct(a, b):
         return round(float(100 * a / b), 3) if b else None
 
-    return {"images": int(images), "labelled": pct(pixels - counts[c], pixels),
-            "share": {name: pct(counts[i], pixels) for i, name in enumerate(classes)},
-            "images_with_an_unlabelled_tag": int(missing), "changed": pct(changed, compared),
-            "confidence": pct(conf, conf_n)}
+    return {
+        "images": int(images),
+        "labelled": pct(pixels - counts[c], pixels),
+        "share": {name: pct(counts[i], pixels) for i, name in enumerate(classes)},
+        "images_with_an_unlabelled_tag": int(missing),
+        "changed": pct(changed, compared),
+        "confidence": pct(conf, conf_n),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- report

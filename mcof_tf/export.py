@@ -19,13 +19,14 @@ size exceeds `max_pixels` fails its request with InvalidArgument; the network se
 so that its longer side is at most `max_side` and the label map is resized back to the input's size.
 Bytes that are not an image fail the request with InvalidArgument ("Unknown image file format").
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -47,25 +48,40 @@ def next_version_dir(base: str) -> str:
 def declared_size(data: tf.Tensor) -> tf.Tensor:
     """[height, width] from a JPEG or PNG header without decoding the pixels; [0, 0] for other
     formats (checked after decoding). Guards against decompression bombs."""
+
     def png():
         b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
         be32 = lambda v: ((v[0] * 256 + v[1]) * 256 + v[2]) * 256 + v[3]  # noqa: E731 (IHDR is big-endian)
         return tf.stack([be32(b[4:8]), be32(b[0:4])])
 
-    is_png = tf.logical_and(tf.strings.length(data) >= 24,
-                            tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"))
-    return tf.case([(tf.io.is_jpeg(data), lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
-                    (is_png, png)], default=lambda: tf.zeros([2], tf.int64))
+    is_png = tf.logical_and(
+        tf.strings.length(data) >= 24, tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    )
+    return tf.case(
+        [
+            (tf.io.is_jpeg(data), lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+            (is_png, png),
+        ],
+        default=lambda: tf.zeros([2], tf.int64),
+    )
 
 
 def _check_pixels(size, max_pixels: int, what: str):
     return tf.debugging.assert_less_equal(
-        tf.reduce_prod(tf.cast(size, tf.int64)), tf.constant(max_pixels, tf.int64),
-        message=f"image too large ({what}): the export accepts at most {max_pixels} pixels (height x width)")
+        tf.reduce_prod(tf.cast(size, tf.int64)),
+        tf.constant(max_pixels, tf.int64),
+        message=f"image too large ({what}): the export accepts at most {max_pixels} pixels (height x width)",
+    )
 
 
-def export_saved_model(model_file: str, base_dir: str, classes: Sequence[str], mean_rgb: Sequence[float],
-                       max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS) -> str:
+def export_saved_model(
+    model_file: str,
+    base_dir: str,
+    classes: Sequence[str],
+    mean_rgb: Sequence[float],
+    max_side: int = MAX_SIDE,
+    max_pixels: int = MAX_PIXELS,
+) -> str:
     """Write the next version under `base_dir`; returns its path."""
     import keras
 
@@ -73,8 +89,10 @@ def export_saved_model(model_file: str, base_dir: str, classes: Sequence[str], m
 
     model = training.load_model(model_file)
     if model.output_shape[-1] != len(classes):
-        raise ValueError(f"{model_file} predicts {model.output_shape[-1]} classes but {len(classes)} class names "
-                         "were given (pass the dataset's --classes)")
+        raise ValueError(
+            f"{model_file} predicts {model.output_shape[-1]} classes but {len(classes)} class names "
+            "were given (pass the dataset's --classes)"
+        )
     mean = tf.constant(list(mean_rgb), tf.float32)
     names = tf.constant(list(classes))
     num_classes = len(classes)
@@ -98,10 +116,16 @@ def export_saved_model(model_file: str, base_dir: str, classes: Sequence[str], m
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(images):
-        png, scores = tf.map_fn(one_image, images, fn_output_signature=(
-            tf.TensorSpec([], tf.string), tf.TensorSpec([num_classes], tf.float32)))
-        return {"label_png_bytes": png, "class_scores": scores,
-                "class_names": tf.broadcast_to(names, [tf.shape(images)[0], num_classes])}
+        png, scores = tf.map_fn(
+            one_image,
+            images,
+            fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([num_classes], tf.float32)),
+        )
+        return {
+            "label_png_bytes": png,
+            "class_scores": scores,
+            "class_names": tf.broadcast_to(names, [tf.shape(images)[0], num_classes]),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     def serve_float(images):
@@ -130,7 +154,9 @@ def main(argv=None) -> int:
     from mcof_tf.training import model_file
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a training folder holding model.keras, or a .keras file")
+    p.add_argument(
+        "--checkpoint", required=True, help="a training folder holding model.keras, or a .keras file"
+    )
     p.add_argument("--out", required=True, help="saved_models/<name>: versions are numbered inside it")
     p.add_argument("--classes", default=None, help="classes.txt (default: the 21 VOC classes)")
     p.add_argument("--mean-rgb", default=",".join(str(v) for v in InputConfig().mean_rgb))

@@ -11,6 +11,7 @@ same source finds it and does nothing. The loop writes them to WORKDIR/Segmentat
 OUT is never a folder of someone else's files: a folder holding PNGs without an export_masks.json
 (a dataset's ground truth, say) is refused, so nothing the user owns is overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def _check_out(out_dir: str) -> Optional[dict]:
         with tf.io.gfile.GFile(marker) as f:
             return json.load(f)
     if tf.io.gfile.isdir(out_dir) and tf.io.gfile.glob(os.path.join(out_dir, "*.png")):
-        raise ValueError(f"{out_dir} already holds PNG files that export_masks did not write (ground truth?); "
-                         "choose an empty or new --out folder")
+        raise ValueError(
+            f"{out_dir} already holds PNG files that export_masks did not write (ground truth?); "
+            "choose an empty or new --out folder"
+        )
     return None
 
 
@@ -58,7 +61,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     from beam_jobs.common import read_manifest
     from mcof_tf.data import records
     from mcof_tf.data.voc import check_id, palette_png
-    from mcof_tf.fileio import write_bytes_atomic, writable_dir
+    from mcof_tf.fileio import writable_dir, write_bytes_atomic
     from mcof_tf.method.labels import paint
 
     last = last_iteration(workdir)
@@ -70,13 +73,20 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     source = os.path.join(workdir, f"iter{t}", "masks")
     manifest = read_manifest(source)
     previous = _check_out(out_dir)
-    mine = {"workdir": os.path.abspath(workdir), "iteration": t, "source": manifest["fingerprint"],
-            "classes": manifest.get("classes", []), "count": manifest["written"]}
+    mine = {
+        "workdir": os.path.abspath(workdir),
+        "iteration": t,
+        "source": manifest["fingerprint"],
+        "classes": manifest.get("classes", []),
+        "count": manifest["written"],
+    }
     if previous == mine:
         log.info(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do")
         return mine
     if previous and previous.get("workdir") != mine["workdir"]:
-        raise ValueError(f"{out_dir} holds the masks of another run ({previous.get('workdir')}); choose another --out")
+        raise ValueError(
+            f"{out_dir} holds the masks of another run ({previous.get('workdir')}); choose another --out"
+        )
     writable_dir(out_dir)
     started, n = time.time(), 0
     for rec in records.read_records(os.path.join(source, "*.tfrecord")):

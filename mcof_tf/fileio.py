@@ -1,4 +1,5 @@
 """Small file helpers shared by the CLIs and Beam jobs (local paths or gs:// through tf.io.gfile)."""
+
 from __future__ import annotations
 
 import uuid

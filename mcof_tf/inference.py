@@ -3,12 +3,13 @@ process) and `beam_jobs.predict` (Beam workers): which files are inputs, where e
 the model's class probabilities (multi-scale, optional dense CRF) and the palette PNG / overlay written
 for one image.
 """
+
 from __future__ import annotations
 
 import argparse
 import io
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,9 +27,12 @@ def list_inputs(images: str) -> tuple[str, list[str]]:
 
     if tf.io.gfile.isdir(images):
         base = images.rstrip("/")
-        found = [os.path.join(d, f) if "://" not in d else f"{d.rstrip('/')}/{f}"
-                 for d, _, files in tf.io.gfile.walk(base) for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found = [
+            os.path.join(d, f) if "://" not in d else f"{d.rstrip('/')}/{f}"
+            for d, _, files in tf.io.gfile.walk(base)
+            for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     else:
         wild = min((images.find(c) for c in "*?[" if c in images), default=len(images))
         base = images[:wild].rsplit("/", 1)[0] if "/" in images[:wild] else "."
@@ -40,7 +44,7 @@ def list_inputs(images: str) -> tuple[str, list[str]]:
 
 def output_name(path: str, base: str) -> str:
     """The input's path relative to `base`, extension dropped; never leads outside OUT."""
-    rel = path[len(base):].lstrip("/") if base != "." and path.startswith(base) else path
+    rel = path[len(base) :].lstrip("/") if base != "." and path.startswith(base) else path
     rel = os.path.splitext(rel)[0]
     parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     if not parts:
@@ -71,7 +75,9 @@ class Predictor:
         names = os.path.join(model_dir, CLASSES_FILE)
         self.classes = read_classes(names) if tf.io.gfile.exists(names) else list(VOC_CLASSES)
 
-    def probabilities(self, image: np.ndarray, scales: Sequence[float] = (1.0,), crf: bool = False) -> np.ndarray:
+    def probabilities(
+        self, image: np.ndarray, scales: Sequence[float] = (1.0,), crf: bool = False
+    ) -> np.ndarray:
         """H×W×3 uint8 → H×W×C class probabilities, averaged over `scales`, optionally CRF-refined."""
         import tensorflow as tf
 
@@ -104,8 +110,15 @@ def overlay_jpeg(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> b
     return buf.getvalue()
 
 
-def predict_file(predictor: Predictor, path: str, base: str, out_dir: str, scales: Sequence[float] = (1.0,),
-                 crf: bool = False, overlay: bool = False) -> tuple[str, bool]:
+def predict_file(
+    predictor: Predictor,
+    path: str,
+    base: str,
+    out_dir: str,
+    scales: Sequence[float] = (1.0,),
+    crf: bool = False,
+    overlay: bool = False,
+) -> tuple[str, bool]:
     """Segment one file → (its label PNG path, whether it was computed now; False: it existed).
     Raises RejectedInput for bytes that are not a usable image."""
     import tensorflow as tf

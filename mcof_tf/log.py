@@ -4,6 +4,7 @@ INFO, and other libraries' start-up noise hidden unless the user asks for it (-v
 Library code only calls `logging.getLogger(__name__)`; a program that embeds mcof_tf configures
 logging its own way. Every CLI calls `setup(verbose)` first thing in `main`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,5 +81,10 @@ def setup(verbose: int = 0) -> None:
 
 
 def add_verbose_flag(parser) -> None:
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="also show other libraries' messages and TensorFlow's start-up lines (-vv: debug)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="also show other libraries' messages and TensorFlow's start-up lines (-vv: debug)",
+    )

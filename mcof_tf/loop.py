@@ -13,6 +13,7 @@ Every stage marks its completion last (a training stage: `model.keras` renamed i
 stage: `manifest.json` with its fingerprint), so re-running the same command after a kill resumes at
 the first unfinished stage, and inside a training stage from its last epoch backup.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ MASKS_FOLDER = "SegmentationClassAug"  # the final training-set masks as palette
 @dataclass
 class Run:
     """One run's settings and where it writes."""
+
     cfg: object
     workdir: str
     data_root: str
@@ -51,14 +53,16 @@ class Run:
 
 # ------------------------------------------------------------------------------------------- stages
 
+
 def preprocess_split(run: Run, split: str) -> tuple[str, dict]:
     out = run.path("records", split)
     manifest = preprocess.run(run.data_root, split, out, run.cfg, run.beam_options)
     return os.path.join(out, "*.tfrecord"), manifest
 
 
-def train_network(run: Run, network: str, records: str, folder: str, num_classes: int,
-                  previous: Optional[str] = None) -> str:
+def train_network(
+    run: Run, network: str, records: str, folder: str, num_classes: int, previous: Optional[str] = None
+) -> str:
     """Train unless `folder/model.keras` exists; returns the folder. With `train.warm_start`, the
     network starts from `previous` (the same network of the iteration before) when there is one."""
     out = run.path(folder)
@@ -71,15 +75,36 @@ def train_network(run: Run, network: str, records: str, folder: str, num_classes
     return out
 
 
-def relabel_records(run: Run, stage: str, model: Optional[str], records: str, folder: str, classes: list,
-                    iteration: int, refine: bool = False, use_tags: bool = True) -> str:
+def relabel_records(
+    run: Run,
+    stage: str,
+    model: Optional[str],
+    records: str,
+    folder: str,
+    classes: list,
+    iteration: int,
+    refine: bool = False,
+    use_tags: bool = True,
+) -> str:
     out = run.path(folder)
-    relabel.run(records, model, stage, out, run.cfg, len(classes), classes, run.beam_options, iteration,
-                refine, use_tags)
+    relabel.run(
+        records,
+        model,
+        stage,
+        out,
+        run.cfg,
+        len(classes),
+        classes,
+        run.beam_options,
+        iteration,
+        refine,
+        use_tags,
+    )
     return os.path.join(out, "*.tfrecord")
 
 
 # --------------------------------------------------------------------------------------------- loop
+
 
 def mcof(run: Run, iterations: int) -> str:
     """Algorithm 1. Returns the folder of the last PixelNet."""
@@ -98,24 +123,30 @@ def mcof(run: Run, iterations: int) -> str:
     cam = train_network(run, "cam", train_records, "cam", C)
     seeds = relabel_records(run, "cam", cam, train_records, "seeds", classes, 0)
     pixelnet = regionnet = None
-    for t in range(iterations):                        # 1: while iteration is effective
+    for t in range(iterations):  # 1: while iteration is effective
         it = f"iter{t + 1}"
         if run.variant == "direct_iterative" and t > 0:
-            regions = seeds                             # baseline: PixelNet retrained on its own masks
+            regions = seeds  # baseline: PixelNet retrained on its own masks
         else:
             # 2: train RegionNet with R and S;  3: predict object regions O
             regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet)
             refine = t == 0 and run.variant != "no_saliency"
             # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O
-            regions = relabel_records(run, "regionnet", regionnet, seeds, f"{it}/regions", classes, t + 1,
-                                      refine=refine)
-        pixelnet = train_network(run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet)  # 9: train PixelNet with O^R
-        seeds = relabel_records(run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1)  # 10-11: S <- M
+            regions = relabel_records(
+                run, "regionnet", regionnet, seeds, f"{it}/regions", classes, t + 1, refine=refine
+            )
+        pixelnet = train_network(
+            run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet
+        )  # 9: train PixelNet with O^R
+        seeds = relabel_records(
+            run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1
+        )  # 10-11: S <- M
         relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
     return pixelnet
 
 
 # ------------------------------------------------------------------------------------------- driver
+
 
 def _flat(d, prefix: str = "") -> dict:
     if not isinstance(d, dict):
@@ -130,15 +161,19 @@ def run_record_differences(theirs: dict, mine: dict) -> list[str]:
     """Keys (a.b.c) whose values differ between a workdir's config.json and this run's. Not counted:
     where the workdir is and which devices train (they may change between a run and its resumption),
     and keys an older mcof_tf did not write that hold their default value now."""
+
     def as_stored(d):  # as JSON has it (tuples are lists)
         return _flat(json.loads(json.dumps(d)))
 
     a, b, defaults = as_stored(theirs), as_stored(mine), as_stored({"config": Config().to_dict()})
     missing = object()
-    return sorted(k for k in a.keys() | b.keys()
-                  if k not in ("config.experiment.workdir", "config.train.devices")
-                  and a.get(k, missing) != b.get(k, missing)
-                  and not (k not in a and b[k] == defaults.get(k, missing)))
+    return sorted(
+        k
+        for k in a.keys() | b.keys()
+        if k not in ("config.experiment.workdir", "config.train.devices")
+        and a.get(k, missing) != b.get(k, missing)
+        and not (k not in a and b[k] == defaults.get(k, missing))
+    )
 
 
 def claim_workdir(run: Run) -> None:
@@ -156,9 +191,11 @@ def claim_workdir(run: Run) -> None:
             raise ValueError(f"{path} is not a readable run record ({e}); use another --workdir") from e
         differ = run_record_differences(theirs, mine)
         if differ:
-            raise ValueError(f"{run.workdir} was made by a different config, variant or dataset ({', '.join(differ[:5])}"
-                             f"{', ...' if len(differ) > 5 else ''}); use another --workdir (or delete it) rather "
-                             "than mixing runs")
+            raise ValueError(
+                f"{run.workdir} was made by a different config, variant or dataset ({', '.join(differ[:5])}"
+                f"{', ...' if len(differ) > 5 else ''}); use another --workdir (or delete it) rather "
+                "than mixing runs"
+            )
         return
     write_json_atomic(path, mine)
 
@@ -172,14 +209,25 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
         with open(marker) as f:
             return json.load(f)["path"]
     name = run.cfg.experiment.name + ("" if run.variant == "mcof" else f"-{run.variant}")
-    path = export_saved_model(os.path.join(pixelnet, training.MODEL_FILE), os.path.join("saved_models", name),
-                              classes, run.cfg.input.mean_rgb)
+    path = export_saved_model(
+        os.path.join(pixelnet, training.MODEL_FILE),
+        os.path.join("saved_models", name),
+        classes,
+        run.cfg.input.mean_rgb,
+    )
     write_json_atomic(marker, {"path": path})
     return path
 
 
-def run_all(cfg, iterations: int, workdir: Optional[str] = None, data_root: Optional[str] = None,
-            variant: str = "mcof", beam_options=None, export: bool = True) -> dict:
+def run_all(
+    cfg,
+    iterations: int,
+    workdir: Optional[str] = None,
+    data_root: Optional[str] = None,
+    variant: str = "mcof",
+    beam_options=None,
+    export: bool = True,
+) -> dict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant}")
     workdir = workdir or (cfg.experiment.workdir + ("" if variant == "mcof" else f"-{variant}"))

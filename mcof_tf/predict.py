@@ -12,6 +12,7 @@ already present are kept, so a killed run resumes where it stopped. The model ru
 `predict_logits` signature, as exported by `python -m mcof_tf.export`; `beam_jobs.predict` is the
 same at scale; the per-image work of both is in `mcof_tf.inference`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,19 +20,26 @@ import json
 import logging
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
+from mcof_tf import log as log_setup
 from mcof_tf.fileio import writable_dir, write_bytes_atomic
 from mcof_tf.inference import Predictor, add_options, list_inputs, parse_scales, predict_file
-from mcof_tf import log as log_setup
 
 log = logging.getLogger(__name__)
 
 REJECTED_FILE = "rejected.jsonl"
 
 
-def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,), crf: bool = False,
-        overlay: bool = False) -> dict:
+def run(
+    model: str,
+    images: str,
+    out_dir: str,
+    scales: Sequence[float] = (1.0,),
+    crf: bool = False,
+    overlay: bool = False,
+) -> dict:
     """Segment every image; returns {"read", "written", "skipped_existing", "rejected": [...]}."""
     from mcof_tf.data.voc import RejectedInput
 
@@ -49,18 +57,24 @@ def run(model: str, images: str, out_dir: str, scales: Sequence[float] = (1.0,),
             rejected.append({"id": path, "reason": str(e)})
         if i % 20 == 0 or i == len(paths):
             log.info(f"predict: {i}/{len(paths)} images ({time.time() - started:.1f}s)")
-    write_bytes_atomic(f"{out_dir.rstrip('/')}/{REJECTED_FILE}",
-                       "".join(json.dumps(r) + "\n" for r in rejected).encode())
+    write_bytes_atomic(
+        f"{out_dir.rstrip('/')}/{REJECTED_FILE}", "".join(json.dumps(r) + "\n" for r in rejected).encode()
+    )
     summary = {"read": len(paths), "written": written, "skipped_existing": existing, "rejected": rejected}
-    print(f"predict: read {len(paths)}, written {written}, already done {existing}, rejected {len(rejected)}"
-          + (f" (see {out_dir}/{REJECTED_FILE})" if rejected else ""), flush=True)
+    print(
+        f"predict: read {len(paths)}, written {written}, already done {existing}, rejected {len(rejected)}"
+        + (f" (see {out_dir}/{REJECTED_FILE})" if rejected else ""),
+        flush=True,
+    )
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="saved_models/<name>/<version>")
-    p.add_argument("--images", required=True, help="a folder (searched recursively) or a glob, local or gs://")
+    p.add_argument(
+        "--images", required=True, help="a folder (searched recursively) or a glob, local or gs://"
+    )
     p.add_argument("--out", required=True)
     add_options(p)
     log_setup.add_verbose_flag(p)

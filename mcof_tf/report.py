@@ -4,22 +4,24 @@ stages' manifests (the Beam relabel job sums confusion matrices and statistics w
 
     python -m mcof_tf.report --workdir runs/synthetic      recompute report.json / report.md / PNGs
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
 from beam_jobs import common
+from mcof_tf import log as log_setup
 from mcof_tf.data import records
 from mcof_tf.data.voc import IGNORE_LABEL
 from mcof_tf.fileio import write_bytes_atomic, write_json_atomic
 from mcof_tf.method.labels import paint
-from mcof_tf import log as log_setup
 
 
 def _metric_rows(workdir: str) -> list[dict]:
@@ -29,7 +31,9 @@ def _metric_rows(workdir: str) -> list[dict]:
         m = common.read_manifest(os.path.join(workdir, folder)) or {}
         metrics, stats = m.get("metrics", {}).get(name), m.get("stats", {}).get(name)
         if metrics or stats:  # metrics need ground truth; stats do not
-            rows.append({"iteration": iteration, "stage": stage, "split": split, **(metrics or {}), "stats": stats})
+            rows.append(
+                {"iteration": iteration, "stage": stage, "split": split, **(metrics or {}), "stats": stats}
+            )
 
     add("seeds", "seeds", "seeds", "train", 0)
     t = 1
@@ -78,8 +82,10 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
         return None
     # only the n chosen images are decoded: the folders hold the whole training set
     ids = sorted(records.record_ids(os.path.join(workdir, folders[0][0], "*.tfrecord")))[:n]
-    by_stage = {f: {r.id: r for r in records.read_records(os.path.join(workdir, f, "*.tfrecord"), set(ids))}
-                for f, _ in folders}
+    by_stage = {
+        f: {r.id: r for r in records.read_records(os.path.join(workdir, f, "*.tfrecord"), set(ids))}
+        for f, _ in folders
+    }
     rows = []
     with_gt = all(by_stage[folders[0][0]][i].groundtruth is not None for i in ids)
     for i in ids:
@@ -94,7 +100,10 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
         if with_gt:
             row.append(first.groundtruth)
         rows.append(row)
-    return {"columns": ["image"] + [name for _, name in folders] + (["ground truth"] if with_gt else []), "rows": rows}
+    return {
+        "columns": ["image"] + [name for _, name in folders] + (["ground truth"] if with_gt else []),
+        "rows": rows,
+    }
 
 
 def report(workdir: str) -> dict:
@@ -107,12 +116,18 @@ def report(workdir: str) -> dict:
     manifest = common.read_manifest(os.path.join(workdir, "records", info["config"]["data"]["train_split"]))
     classes = manifest["classes"] if manifest else []
     rows = _metric_rows(workdir)
-    return write_report(workdir, rows, classes, _strips(workdir), title=f"{info['config']['experiment']['name']} "
-                        f"({info['variant']})")
+    return write_report(
+        workdir,
+        rows,
+        classes,
+        _strips(workdir),
+        title=f"{info['config']['experiment']['name']} ({info['variant']})",
+    )
 
 
-def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips: Optional[dict] = None,
-                 title: str = "") -> dict:
+def write_report(
+    workdir: str, rows: list[dict], classes: Sequence[str], strips: Optional[dict] = None, title: str = ""
+) -> dict:
     """report.json, report.md and the figures from rows of
     {"iteration", "stage", "split", "miou", "per_class"}."""
     report = {"title": title, "classes": list(classes), "stages": rows, "seconds": stage_seconds(workdir)}
@@ -127,8 +142,11 @@ def write_report(workdir: str, rows: list[dict], classes: Sequence[str], strips:
 def summary_line(row: dict) -> str:
     """One report row as a console line: mIoU where there is ground truth, else the labelled share."""
     st = row.get("stats") or {}
-    what = (f"mIoU {row['miou']:6.2f}" if row.get("miou") is not None
-            else f"labelled {st.get('labelled', 0) or 0:5.1f} %")
+    what = (
+        f"mIoU {row['miou']:6.2f}"
+        if row.get("miou") is not None
+        else f"labelled {st.get('labelled', 0) or 0:5.1f} %"
+    )
     return f"iteration {row['iteration']}  {row['stage']:12s}  {row['split']:5s}  {what}"
 
 
@@ -140,42 +158,80 @@ def _markdown(workdir, rows, classes, title, seconds=None):
         return "-" if v is None else f"{v:.{digits}f}"
 
     if scored:
-        lines += ["mIoU (%) of every stage, as the paper's Table 3; object precision / recall (%): of the pixels "
-                  "labelled as an object, the share with the right class / of the object pixels, the share found "
-                  "(unlabelled counts as background).", "",
-                  "| iteration | stage | split | mIoU | object precision | object recall |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | {r['miou']:.2f} | "
-                  f"{num(r.get('object_precision'))} | {num(r.get('object_recall'))} |" for r in scored]
-        lines += ["", "Per-class IoU (%):", "",
-                  "| iteration | stage | split | " + " | ".join(classes) + " |",
-                  "|---|---|---|" + "---|" * len(classes)]
-        lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | "
-                  + " | ".join(num(r["per_class"].get(c)) for c in classes) + " |" for r in scored]
-        lines += ["", "Per-class precision / recall (%): precise seeds whose recall grows stage by stage is the "
-                  "paper's story.", "", "| iteration | stage | split | " + " | ".join(classes) + " |",
-                  "|---|---|---|" + "---|" * len(classes)]
-        lines += [f"| {r['iteration']} | {r['stage']} | {r['split']} | " + " | ".join(
-                  f"{num(r.get('per_class_precision', {}).get(c), 0)} / {num(r.get('per_class_recall', {}).get(c), 0)}"
-                  for c in classes) + " |" for r in scored]
+        lines += [
+            "mIoU (%) of every stage, as the paper's Table 3; object precision / recall (%): of the pixels "
+            "labelled as an object, the share with the right class / of the object pixels, the share found "
+            "(unlabelled counts as background).",
+            "",
+            "| iteration | stage | split | mIoU | object precision | object recall |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['iteration']} | {r['stage']} | {r['split']} | {r['miou']:.2f} | "
+            f"{num(r.get('object_precision'))} | {num(r.get('object_recall'))} |"
+            for r in scored
+        ]
+        lines += [
+            "",
+            "Per-class IoU (%):",
+            "",
+            "| iteration | stage | split | " + " | ".join(classes) + " |",
+            "|---|---|---|" + "---|" * len(classes),
+        ]
+        lines += [
+            f"| {r['iteration']} | {r['stage']} | {r['split']} | "
+            + " | ".join(num(r["per_class"].get(c)) for c in classes)
+            + " |"
+            for r in scored
+        ]
+        lines += [
+            "",
+            "Per-class precision / recall (%): precise seeds whose recall grows stage by stage is the "
+            "paper's story.",
+            "",
+            "| iteration | stage | split | " + " | ".join(classes) + " |",
+            "|---|---|---|" + "---|" * len(classes),
+        ]
+        lines += [
+            f"| {r['iteration']} | {r['stage']} | {r['split']} | "
+            + " | ".join(
+                f"{num(r.get('per_class_precision', {}).get(c), 0)} / {num(r.get('per_class_recall', {}).get(c), 0)}"
+                for c in classes
+            )
+            + " |"
+            for r in scored
+        ]
         lines.append("")
     else:
         lines += ["The dataset has no ground-truth masks: no mIoU. What the labels themselves show:", ""]
     described = [r for r in rows if r.get("stats")]
     if described:
-        lines += ["Without ground truth: labelled = share of pixels with a label (not 255); confidence = the "
-                  "network's mean top probability; changed = share of the pixels labelled both before and after "
-                  "the stage whose label it changed; tag unlabelled = images with a tag that got no pixel; then "
-                  "each class's share (%) of the pixels.", "",
-                  "| iteration | stage | split | labelled | confidence | changed | tag unlabelled | "
-                  + " | ".join(classes) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(classes)]
+        lines += [
+            "Without ground truth: labelled = share of pixels with a label (not 255); confidence = the "
+            "network's mean top probability; changed = share of the pixels labelled both before and after "
+            "the stage whose label it changed; tag unlabelled = images with a tag that got no pixel; then "
+            "each class's share (%) of the pixels.",
+            "",
+            "| iteration | stage | split | labelled | confidence | changed | tag unlabelled | "
+            + " | ".join(classes)
+            + " |",
+            "|---|---|---|---|---|---|---|" + "---|" * len(classes),
+        ]
         for r in described:
             st = r["stats"]
-            lines.append(f"| {r['iteration']} | {r['stage']} | {r['split']} | {num(st['labelled'])} | "
-                         f"{num(st['confidence'])} | {num(st['changed'])} | {st['images_with_an_unlabelled_tag']} "
-                         f"of {st['images']} | " + " | ".join(num(st["share"].get(c)) for c in classes) + " |")
+            lines.append(
+                f"| {r['iteration']} | {r['stage']} | {r['split']} | {num(st['labelled'])} | "
+                f"{num(st['confidence'])} | {num(st['changed'])} | {st['images_with_an_unlabelled_tag']} "
+                f"of {st['images']} | " + " | ".join(num(st["share"].get(c)) for c in classes) + " |"
+            )
     if seconds:
-        lines += ["", f"Wall time per stage ({sum(seconds.values()):.0f} s in all):", "", "| stage | seconds |",
-                  "|---|---|"] + [f"| {folder} | {s:.0f} |" for folder, s in seconds.items()]
+        lines += [
+            "",
+            f"Wall time per stage ({sum(seconds.values()):.0f} s in all):",
+            "",
+            "| stage | seconds |",
+            "|---|---|",
+        ] + [f"| {folder} | {s:.0f} |" for folder, s in seconds.items()]
     write_bytes_atomic(os.path.join(workdir, "report.md"), ("\n".join(lines) + "\n").encode())
 
 

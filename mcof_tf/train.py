@@ -9,6 +9,7 @@ Variants (each writes the same report, to its own workdir <workdir>-<variant>):
   --direct-iterative   after iteration 1, PixelNet is retrained on its own masks (Fig. 8's baseline)
   --fully-supervised   PixelNet trained on the ground-truth masks (the ceiling to compare against)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,15 @@ def main(argv=None) -> int:
     started = time.time()
     try:
         cfg = load_config(args.config, args.overrides)
-        rep = loop.run_all(cfg, args.iterations, args.workdir, args.data_root, args.variant or "mcof",
-                           beam_options, export=not args.no_export)
+        rep = loop.run_all(
+            cfg,
+            args.iterations,
+            args.workdir,
+            args.data_root,
+            args.variant or "mcof",
+            beam_options,
+            export=not args.no_export,
+        )
     except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ Layout of a stage folder:
     <dir>/logs/        TensorBoard
     <dir>/model.keras  the trained model, written to a temporary name and renamed last
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import keras
 import numpy as np
@@ -32,9 +34,12 @@ from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import count_records
 from mcof_tf.fileio import write_json_atomic
 from mcof_tf.models import losses
-from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER, build_cam
-from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER, deeplab_largefov
-from mcof_tf.models.regionnet import CLASSIFIER as REGION_CLASSIFIER, build_regionnet, region_labels
+from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER
+from mcof_tf.models.cam import build_cam
+from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER
+from mcof_tf.models.deeplab import deeplab_largefov
+from mcof_tf.models.regionnet import CLASSIFIER as REGION_CLASSIFIER
+from mcof_tf.models.regionnet import build_regionnet, region_labels
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,10 @@ class SGDWithMultipliers(keras.optimizers.SGD):
 
     def apply(self, grads, trainable_variables=None):
         variables = trainable_variables if trainable_variables is not None else self._trainable_variables
-        grads = [g if g is None or v.path not in self.multipliers else g * self.multipliers[v.path]
-                 for g, v in zip(grads, variables)]
+        grads = [
+            g if g is None or v.path not in self.multipliers else g * self.multipliers[v.path]
+            for g, v in zip(grads, variables)
+        ]
         return super().apply(grads, trainable_variables)
 
     def get_config(self):
@@ -66,6 +73,7 @@ class SGDWithMultipliers(keras.optimizers.SGD):
 @dataclass(frozen=True)
 class Network:
     """What one of the three networks needs from the shared routine."""
+
     name: str
     build: Callable[..., keras.Model]  # (num_classes, cfg) → model
     loss: Callable[..., keras.losses.Loss]  # (cfg) → loss
@@ -81,14 +89,33 @@ def _build_cam(num_classes, cfg):
 
 def _build_regionnet(num_classes, cfg):
     m = cfg.model
-    return build_regionnet(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.max_regions,
-                           m.roi_pool_size, m.roi_sampling, m.region_fc, m.dropout, m.batch_norm)
+    return build_regionnet(
+        num_classes,
+        m.backbone,
+        m.width,
+        m.weights,
+        cfg.train.weight_decay,
+        m.max_regions,
+        m.roi_pool_size,
+        m.roi_sampling,
+        m.region_fc,
+        m.dropout,
+        m.batch_norm,
+    )
 
 
 def _build_pixelnet(num_classes, cfg):
     m = cfg.model
-    return deeplab_largefov(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.dropout,
-                            m.batch_norm, m.fc6_dilation)
+    return deeplab_largefov(
+        num_classes,
+        m.backbone,
+        m.width,
+        m.weights,
+        cfg.train.weight_decay,
+        m.dropout,
+        m.batch_norm,
+        m.fc6_dilation,
+    )
 
 
 def _cam_batch(b, num_classes, cfg):
@@ -105,7 +132,9 @@ def _pixelnet_batch(b, num_classes, cfg):
 
 
 def _masked_ce(cfg):
-    return losses.MaskedCrossEntropy(class_balance=cfg.train.class_balance, upsample=cfg.train.upsample_logits)
+    return losses.MaskedCrossEntropy(
+        class_balance=cfg.train.class_balance, upsample=cfg.train.upsample_logits
+    )
 
 
 def _tag_bce(cfg):
@@ -123,13 +152,13 @@ def _segmentation_metrics(num_classes):
 # Named functions, not lambdas: tf.data's autograph re-reads a function's source by line, and
 # several lambdas on one line (or a file edited under a running job) make it convert the wrong one.
 NETWORKS = {
-    "cam": Network("cam", _build_cam, _tag_bce,
-                   _tag_metrics, CAM_CLASSIFIER,
-                   _cam_batch),
-    "regionnet": Network("regionnet", _build_regionnet, _masked_ce, _segmentation_metrics,
-                         REGION_CLASSIFIER, _regionnet_batch),
-    "pixelnet": Network("pixelnet", _build_pixelnet, _masked_ce, _segmentation_metrics,
-                        PIXEL_CLASSIFIER, _pixelnet_batch),
+    "cam": Network("cam", _build_cam, _tag_bce, _tag_metrics, CAM_CLASSIFIER, _cam_batch),
+    "regionnet": Network(
+        "regionnet", _build_regionnet, _masked_ce, _segmentation_metrics, REGION_CLASSIFIER, _regionnet_batch
+    ),
+    "pixelnet": Network(
+        "pixelnet", _build_pixelnet, _masked_ce, _segmentation_metrics, PIXEL_CLASSIFIER, _pixelnet_batch
+    ),
 }
 
 
@@ -153,7 +182,7 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
     return _strategy(tuple(gpus)) if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _strategy(devices: tuple) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(list(devices))
 
@@ -164,7 +193,7 @@ def cluster_size() -> int:
     return sum(len(cluster.get(role, [])) for role in ("chief", "worker")) or 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multi_worker() -> tf.distribute.Strategy:
     # Collective ops are configured when the strategy is made: a multi-worker program calls
     # make_strategy() before other TF work (as tests/test_multiworker.py's worker does).
@@ -177,35 +206,62 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver is None or not resolver.task_type:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+    return resolver.task_type == "chief" or (
+        not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
+    )
 
 
-def input_dataset(network: str, records: str, cfg, num_classes: int, batch_size: int,
-                  shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
+def input_dataset(
+    network: str, records: str, cfg, num_classes: int, batch_size: int, shard: tuple[int, int] = (1, 0)
+) -> tf.data.Dataset:
     """The training input of `network`: augmented batches as (inputs, targets); `shard`: (number of
     input pipelines, this one's index) when several workers read the records."""
     net = NETWORKS[network]
-    ds = dataset_from_config(records, num_classes, cfg.input, training=True, batch_size=batch_size,
-                             seed=cfg.experiment.seed, shard=shard)
-    ds = ds.map(functools.partial(net.batch, num_classes=num_classes, cfg=cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = dataset_from_config(
+        records,
+        num_classes,
+        cfg.input,
+        training=True,
+        batch_size=batch_size,
+        seed=cfg.experiment.seed,
+        shard=shard,
+    )
+    ds = ds.map(
+        functools.partial(net.batch, num_classes=num_classes, cfg=cfg), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def distributed_input(network: str, records: str, cfg, num_classes: int, global_batch: int,
-                      strategy: tf.distribute.Strategy, skip_steps: int = 0):
+def distributed_input(
+    network: str,
+    records: str,
+    cfg,
+    num_classes: int,
+    global_batch: int,
+    strategy: tf.distribute.Strategy,
+    skip_steps: int = 0,
+):
     """`input_dataset` built by the strategy itself, once per input pipeline (worker), sharded by
     worker and batched per replica (what multi-worker training needs; one pipeline on one machine).
     `skip_steps`: global steps already trained (a resumed run continues the same stream)."""
+
     def fn(ctx: tf.distribute.InputContext):
-        ds = input_dataset(network, records, cfg, num_classes, ctx.get_per_replica_batch_size(global_batch),
-                           (ctx.num_input_pipelines, ctx.input_pipeline_id))
+        ds = input_dataset(
+            network,
+            records,
+            cfg,
+            num_classes,
+            ctx.get_per_replica_batch_size(global_batch),
+            (ctx.num_input_pipelines, ctx.input_pipeline_id),
+        )
         return ds.skip(skip_steps * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
 
     return strategy.distribute_datasets_from_function(fn)
 
 
-def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
-                     strategy: tf.distribute.Strategy) -> keras.Model:
+def compiled_network(
+    network: str, cfg, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy
+) -> keras.Model:
     """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics."""
     net = NETWORKS[network]
     stage = getattr(cfg.train, network)
@@ -217,13 +273,20 @@ def compiled_network(network: str, cfg, num_classes: int, total_steps: int,
         classifier = model.get_layer(net.classifier)
         mult = cfg.train.classifier_lr_mult
         schedule = keras.optimizers.schedules.PolynomialDecay(
-            stage.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0,
-            power=cfg.train.poly_power)
+            stage.learning_rate,
+            decay_steps=max(total_steps, 1),
+            end_learning_rate=0.0,
+            power=cfg.train.poly_power,
+        )
         optimizer = SGDWithMultipliers(
             {classifier.kernel.path: mult, classifier.bias.path: 2 * mult},
-            learning_rate=schedule, momentum=cfg.train.momentum)
+            learning_rate=schedule,
+            momentum=cfg.train.momentum,
+        )
         jit = cfg.train.jit_compile and all(layer.supports_jit for layer in all_layers(model))
-        model.compile(optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit)
+        model.compile(
+            optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit
+        )
     return model
 
 
@@ -232,8 +295,9 @@ class ImagePreviews(keras.callbacks.Callback):
     and after the last: the image | the labels it learns from | the network's current output (CAM: the
     tagged classes' strongest CAM as a heat map; RegionNet, PixelNet: their label map, no tag rule)."""
 
-    def __init__(self, network: str, records: str, num_classes: int, cfg, log_dir: str, count: int = 3,
-                 every: int = 5):
+    def __init__(
+        self, network: str, records: str, num_classes: int, cfg, log_dir: str, count: int = 3, every: int = 5
+    ):
         super().__init__()
         ds = dataset_from_config(records, num_classes, cfg.input, training=False, batch_size=1, repeat=False)
         self.examples = list(ds.take(count))
@@ -245,8 +309,10 @@ class ImagePreviews(keras.callbacks.Callback):
         if (epoch + 1) % self.every and epoch + 1 != self.params.get("epochs"):
             return
         with self.writer.as_default():
-            for i, b in enumerate(self.examples):
-                tf.summary.image(f"{self.network}/{b['id'][0].numpy().decode()}", self._panel(b)[None], step=epoch + 1)
+            for b in self.examples:
+                tf.summary.image(
+                    f"{self.network}/{b['id'][0].numpy().decode()}", self._panel(b)[None], step=epoch + 1
+                )
         self.writer.flush()
 
     def _panel(self, b) -> np.ndarray:
@@ -262,22 +328,34 @@ class ImagePreviews(keras.callbacks.Callback):
             cams = class_activation_maps(cam_extractor(self.model), kernel, b["image"])[0].numpy()
             tagged = b["tags"][0].numpy() > 0
             heat = cams[..., tagged].max(-1) if tagged.any() else cams.max(-1)
-            out = (heat[..., None] * np.array([255, 160, 0]) + (1 - heat[..., None]) * np.array([0, 0, 96]))
+            out = heat[..., None] * np.array([255, 160, 0]) + (1 - heat[..., None]) * np.array([0, 0, 96])
         elif self.network == "regionnet":
             sp = b["superpixels"].numpy()
             sp = np.where(sp < self.max_regions, sp, -1).astype(np.int32)
             logits = self.model({"image": b["image"], "superpixels": tf.constant(sp)}, training=False)
             out = palette[paint(np.asarray(logits[0]).argmax(-1), sp[0])]
         else:
-            logits = tf.image.resize(self.model(b["image"], training=False), image.shape[:2], method="bilinear")
+            logits = tf.image.resize(
+                self.model(b["image"], training=False), image.shape[:2], method="bilinear"
+            )
             out = palette[np.asarray(logits[0]).argmax(-1)]
         return np.concatenate([image, palette[b["labels"][0].numpy()], out.astype(np.uint8)], axis=1)
 
 
-def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
-          strategy: Optional[tf.distribute.Strategy] = None, epochs: Optional[int] = None,
-          steps_per_epoch: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-          init_from: Optional[str] = None, verbose=None) -> keras.Model:
+def train(
+    network: str,
+    records: str,
+    out_dir: str,
+    cfg,
+    num_classes: int,
+    *,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    epochs: Optional[int] = None,
+    steps_per_epoch: Optional[int] = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    init_from: Optional[str] = None,
+    verbose=None,
+) -> keras.Model:
     """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records`.
 
     Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
@@ -300,8 +378,9 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
     done_epochs = _backed_up_epochs(backup)
     if done_epochs:  # a resumed run sees the batches an uninterrupted one would have seen next
         log.info(f"train {network}: resuming after epoch {done_epochs} from {backup}")
-    ds = distributed_input(network, records, cfg, num_classes, stage.batch_size, strategy,
-                           done_epochs * steps_per_epoch)
+    ds = distributed_input(
+        network, records, cfg, num_classes, stage.batch_size, strategy, done_epochs * steps_per_epoch
+    )
     model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
     if init_from:  # (a resumed run's backup still takes precedence: BackupAndRestore loads it later)
         model.set_weights(load_model(init_from).get_weights())
@@ -312,29 +391,54 @@ def train(network: str, records: str, out_dir: str, cfg, num_classes: int, *,
         ImagePreviews(network, records, num_classes, cfg, os.path.join(out_dir, "logs")),
         *callbacks,
     ]
-    log.info(f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
-             f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters")
+    log.info(
+        f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
+        f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters"
+    )
     if verbose is None:  # a live bar on a terminal, one line per epoch in logs
         verbose = 1 if sys.stdout.isatty() else 2
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Keras 3 `fit` fails under it (here: "Attempt to convert a value (PerReplica...)", cf.
         # keras-team/keras#20585), so multi-worker training takes a plain loop over the same pieces.
-        _fit_multi_worker(model, ds, strategy, epochs, steps_per_epoch, backup, done_epochs,
-                          os.path.join(out_dir, "logs"))
+        _fit_multi_worker(
+            model, ds, strategy, epochs, steps_per_epoch, backup, done_epochs, os.path.join(out_dir, "logs")
+        )
     else:
-        model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)  # the tf.data pipeline shuffles (seeded)
+        model.fit(
+            ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )  # the tf.data pipeline shuffles (seeded)
     # read by the run report (mcof_tf.report.stage_seconds); written before model.keras marks the end
-    write_json_atomic(os.path.join(out_dir, "train.json"), {
-        "seconds": round(time.time() - started, 3), "epochs": epochs, "resumed_after_epoch": done_epochs,
-        "steps_per_epoch": steps_per_epoch, "batch_size": stage.batch_size,
-        "replicas": strategy.num_replicas_in_sync, "warm_start": bool(init_from)})
+    write_json_atomic(
+        os.path.join(out_dir, "train.json"),
+        {
+            "seconds": round(time.time() - started, 3),
+            "epochs": epochs,
+            "resumed_after_epoch": done_epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": stage.batch_size,
+            "replicas": strategy.num_replicas_in_sync,
+            "warm_start": bool(init_from),
+        },
+    )
     save_model(model, os.path.join(out_dir, MODEL_FILE))
     return model
 
 
-def _fit_multi_worker(model: keras.Model, ds, strategy, epochs: int, steps_per_epoch: int, backup: str,
-                      done_epochs: int, log_dir: str) -> None:
+def _fit_multi_worker(
+    model: keras.Model,
+    ds,
+    strategy,
+    epochs: int,
+    steps_per_epoch: int,
+    backup: str,
+    done_epochs: int,
+    log_dir: str,
+) -> None:
     """Synchronous data-parallel SGD with the model's compiled loss and optimizer; a backup in the
     layout BackupAndRestore uses (weights incl. optimizer state + training_metadata.json) every epoch.
     Keras callbacks are not called on this path (the epoch loss goes to stdout and TensorBoard)."""
@@ -350,7 +454,9 @@ def _fit_multi_worker(model: keras.Model, ds, strategy, epochs: int, steps_per_e
             outputs = model(inputs, training=True)
             # each replica's mean loss / replicas: the all-reduced (summed) gradient is the global mean's
             loss = (loss_fn(targets, outputs) + tf.add_n(model.losses or [tf.constant(0.0)])) / replicas
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        )
         return loss
 
     @tf.function

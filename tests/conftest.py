@@ -1,4 +1,5 @@
 """Shared fixtures: tiny VOC-layout datasets made on the spot (no network, images ≤ 64 px)."""
+
 import os
 import shutil
 
@@ -33,10 +34,16 @@ def tiny_copy(tiny_root, tmp_path):
 @pytest.fixture
 def tiny_cfg():
     """The embedded default config, resized for tests."""
-    return load_config("synthetic", [
-        "superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=2",
-        "input.crop_size=48", "input.batch_size=2",
-    ])
+    return load_config(
+        "synthetic",
+        [
+            "superpixels.scale=300",
+            "superpixels.min_size=50",
+            "records.num_shards=2",
+            "input.crop_size=48",
+            "input.batch_size=2",
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +67,21 @@ def write_groundtruth_records(root, path, limit=None):
     recs = []
     for i in ds.split_ids("train")[:limit]:
         s = ds.load(i)
-        recs.append(records.Record(
-            id=i, image_encoded=s.encoded, image_format=s.format, height=s.image.shape[0], width=s.image.shape[1],
-            tags=records.tags_multi_hot(s.tags, ds.num_classes), superpixels=superpixels(s.image, 300, 0.8, 50),
-            saliency=np.zeros(s.image.shape[:2], np.uint8), groundtruth=s.groundtruth, labels=s.groundtruth,
-            label_stage="groundtruth"))
+        recs.append(
+            records.Record(
+                id=i,
+                image_encoded=s.encoded,
+                image_format=s.format,
+                height=s.image.shape[0],
+                width=s.image.shape[1],
+                tags=records.tags_multi_hot(s.tags, ds.num_classes),
+                superpixels=superpixels(s.image, 300, 0.8, 50),
+                saliency=np.zeros(s.image.shape[:2], np.uint8),
+                groundtruth=s.groundtruth,
+                labels=s.groundtruth,
+                label_stage="groundtruth",
+            )
+        )
     records.write_records(str(path), recs)
     return recs
 

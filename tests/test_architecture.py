@@ -1,5 +1,6 @@
 """The code's shape: three layers importing one way, no import cycles, and a public API that matches
 the README. Imports are read from the source (in-function ones included), nothing is executed."""
+
 import ast
 import graphlib
 import importlib
@@ -8,8 +9,14 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # library ← pipelines ← application: a module may import its own layer and the ones before it
-APPLICATION = {"mcof_tf.loop", "mcof_tf.report", "mcof_tf.train", "mcof_tf.bench", "mcof_tf.predict",
-               "mcof_tf.export_masks"}
+APPLICATION = {
+    "mcof_tf.loop",
+    "mcof_tf.report",
+    "mcof_tf.train",
+    "mcof_tf.bench",
+    "mcof_tf.predict",
+    "mcof_tf.export_masks",
+}
 
 
 def layer(module: str) -> int:
@@ -92,8 +99,11 @@ def test_every_name_the_readme_uses_imports():
 
     defined = set()
     for path in (ROOT / "mcof_tf" / "models").glob("*.py"):
-        defined |= {n.name for n in ast.parse(path.read_text()).body
-                    if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+        defined |= {
+            n.name
+            for n in ast.parse(path.read_text()).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
+        }
     named = {w for w in re.findall(r"`(\w+)(?:\([^`]*\))?`", readme) if w in defined}
     assert named >= {"build_cam", "build_regionnet", "MaskedRoIPooling"}
     assert all(hasattr(models, w) for w in named), sorted(w for w in named if not hasattr(models, w))

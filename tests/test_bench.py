@@ -1,4 +1,5 @@
 """The seeds-averaged method benchmark's arithmetic (the runs themselves are benchmarks, not tests)."""
+
 import numpy as np
 import pytest
 
@@ -6,18 +7,34 @@ from mcof_tf.bench import main, summarize_method
 
 
 def _report(seeds_miou, final_val, precision=None):
-    rows = [{"iteration": 0, "stage": "seeds", "split": "train", "miou": seeds_miou,
-             "object_precision": precision, "object_recall": 20.0},
-            {"iteration": 1, "stage": "pixelnet", "split": "val", "miou": final_val - 5},
-            {"iteration": 2, "stage": "pixelnet", "split": "val", "miou": final_val}]
+    rows = [
+        {
+            "iteration": 0,
+            "stage": "seeds",
+            "split": "train",
+            "miou": seeds_miou,
+            "object_precision": precision,
+            "object_recall": 20.0,
+        },
+        {"iteration": 1, "stage": "pixelnet", "split": "val", "miou": final_val - 5},
+        {"iteration": 2, "stage": "pixelnet", "split": "val", "miou": final_val},
+    ]
     return {"stages": rows}
 
 
 def test_summary_means_stds_ratio_and_differences():
-    reports = {("mcof", 0): _report(20.0, 50.0, 90.0), ("mcof", 1): _report(24.0, 54.0, 80.0),
-               ("no_saliency", 0): _report(20.0, 47.0), ("no_saliency", 1): _report(24.0, 50.0),
-               ("fully_supervised", 0): {"stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 60.0}]},
-               ("fully_supervised", 1): {"stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 64.0}]}}
+    reports = {
+        ("mcof", 0): _report(20.0, 50.0, 90.0),
+        ("mcof", 1): _report(24.0, 54.0, 80.0),
+        ("no_saliency", 0): _report(20.0, 47.0),
+        ("no_saliency", 1): _report(24.0, 50.0),
+        ("fully_supervised", 0): {
+            "stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 60.0}]
+        },
+        ("fully_supervised", 1): {
+            "stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 64.0}]
+        },
+    }
     s = summarize_method(reports)
     seeds = next(r for r in s["rows"] if r["variant"] == "mcof" and r["stage"] == "seeds")
     assert seeds["miou"] == 22.0 and abs(seeds["miou_std"] - np.std([20, 24], ddof=1)) < 1e-9
@@ -29,9 +46,20 @@ def test_summary_means_stds_ratio_and_differences():
     # mcof rows first, then the ablations, then the ceiling; stages in pipeline order
     assert [r["variant"] for r in s["rows"]][0] == "mcof" and s["rows"][-1]["variant"] == "fully_supervised"
     assert [(r["iteration"], r["stage"]) for r in s["rows"] if r["variant"] == "mcof"] == [
-        (0, "seeds"), (1, "pixelnet"), (2, "pixelnet")]
-    three = summarize_method({("mcof", 0): {"stages": [
-        {"iteration": 1, "stage": s_, "split": "train", "miou": 1.0} for s_ in ("pixelnet", "refined", "regionnet")]}})
+        (0, "seeds"),
+        (1, "pixelnet"),
+        (2, "pixelnet"),
+    ]
+    three = summarize_method(
+        {
+            ("mcof", 0): {
+                "stages": [
+                    {"iteration": 1, "stage": s_, "split": "train", "miou": 1.0}
+                    for s_ in ("pixelnet", "refined", "regionnet")
+                ]
+            }
+        }
+    )
     assert [r["stage"] for r in three["rows"]] == ["regionnet", "refined", "pixelnet"]
 
 
@@ -43,8 +71,13 @@ def test_unknown_variant_is_refused():
 def test_method_figure_draws_the_variants(tmp_path):
     from mcof_tf.bench import method_figure
 
-    reports = {("mcof", 0): _report(20.0, 50.0, 90.0), ("direct_iterative", 0): _report(20.0, 45.0),
-               ("fully_supervised", 0): {"stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 60.0}]}}
+    reports = {
+        ("mcof", 0): _report(20.0, 50.0, 90.0),
+        ("direct_iterative", 0): _report(20.0, 45.0),
+        ("fully_supervised", 0): {
+            "stages": [{"iteration": 1, "stage": "pixelnet", "split": "val", "miou": 60.0}]
+        },
+    }
     for rep in reports.values():  # train rows too, the figure's x axis
         rep["stages"] += [{"iteration": 1, "stage": "pixelnet", "split": "train", "miou": 40.0}]
     method_figure(summarize_method(reports), str(tmp_path / "method.png"))

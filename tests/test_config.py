@@ -17,8 +17,10 @@ def test_shipped_configs_load_with_their_settings():
 
 
 def test_overrides_are_typed_and_reach_nested_sections():
-    cfg = load_config("synthetic", ["input.crop_size=64", "train.cam.learning_rate=0.5",
-                                    "input.mean_rgb=[1, 2, 3]", "input.flip=false"])
+    cfg = load_config(
+        "synthetic",
+        ["input.crop_size=64", "train.cam.learning_rate=0.5", "input.mean_rgb=[1, 2, 3]", "input.flip=false"],
+    )
     assert cfg.input.crop_size == 64
     assert cfg.train.cam.learning_rate == 0.5
     assert cfg.input.mean_rgb == [1.0, 2.0, 3.0]
@@ -30,23 +32,29 @@ def test_override_creates_optional_section():
     assert cfg.data.synthetic.seed == 3 and cfg.data.synthetic.num_train == 200
 
 
-@pytest.mark.parametrize("override, key", [
-    ("input.crop_sise=3", "input.crop_sise"),
-    ("nonsense.x=1", "nonsense"),
-    ("train.cam.epoch=1", "train.cam.epoch"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("input.crop_sise=3", "input.crop_sise"),
+        ("nonsense.x=1", "nonsense"),
+        ("train.cam.epoch=1", "train.cam.epoch"),
+    ],
+)
 def test_unknown_keys_are_errors_that_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
         load_config("synthetic", [override])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("input.crop_size=big", "input.crop_size"),
-    ("input.crop_size=1.5", "input.crop_size"),
-    ("input.flip=1", "input.flip"),
-    ("input.mean_rgb=3", "input.mean_rgb"),
-    ("train.cam=5", "train.cam"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("input.crop_size=big", "input.crop_size"),
+        ("input.crop_size=1.5", "input.crop_size"),
+        ("input.flip=1", "input.flip"),
+        ("input.mean_rgb=3", "input.mean_rgb"),
+        ("train.cam=5", "train.cam"),
+    ],
+)
 def test_wrong_types_are_errors_that_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("synthetic", [override])

@@ -31,9 +31,7 @@ def test_confusion_rejects_out_of_range_labels():
 
 def test_object_precision_and_recall_by_hand():
     # rows = ground truth (bg, a, b), columns = prediction; unlabelled predictions are in column 0
-    c = np.array([[50, 2, 0],
-                  [6, 8, 0],
-                  [4, 2, 6]])
+    c = np.array([[50, 2, 0], [6, 8, 0], [4, 2, 6]])
     precision, recall = object_precision_recall(c)
     assert abs(precision - 100 * 14 / 18) < 1e-9  # 18 pixels labelled as objects, 14 right
     assert abs(recall - 100 * 14 / 26) < 1e-9  # 26 object pixels, 14 found
@@ -54,6 +52,12 @@ def test_label_stats_need_no_ground_truth():
     v = label_stats(labels, 3, tags=[1, 2], previous=previous, confidence=np.array([0.5, 1.0]))
     v = v + label_stats(np.array([[2]]), 3, tags=[2])
     e = stats_entry(v, ["bg", "a", "b"])
-    assert e == {"images": 2, "labelled": 80.0, "share": {"bg": 20.0, "a": 40.0, "b": 20.0},
-                 "images_with_an_unlabelled_tag": 1, "changed": 50.0, "confidence": 75.0}
+    assert e == {
+        "images": 2,
+        "labelled": 80.0,
+        "share": {"bg": 20.0, "a": 40.0, "b": 20.0},
+        "images_with_an_unlabelled_tag": 1,
+        "changed": 50.0,
+        "confidence": 75.0,
+    }
     assert stats_entry(label_stats(np.zeros((2, 2)), 3), ["bg", "a", "b"])["changed"] is None

@@ -1,4 +1,5 @@
 """The MCOF loop end to end on the tiny benchmark: stages, report, export, resume, refusal to mix."""
+
 import json
 import logging
 import os
@@ -9,10 +10,19 @@ from mcof_tf import loop
 from mcof_tf.config import load_config
 
 TINY_RUN = [
-    "superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=1", "input.crop_size=48",
-    "model.width=0.125", "model.max_regions=64", "model.region_fc=16",
-    "train.cam.epochs=1", "train.regionnet.epochs=1", "train.pixelnet.epochs=1",
-    "train.cam.batch_size=4", "train.regionnet.batch_size=4", "train.pixelnet.batch_size=4",
+    "superpixels.scale=300",
+    "superpixels.min_size=50",
+    "records.num_shards=1",
+    "input.crop_size=48",
+    "model.width=0.125",
+    "model.max_regions=64",
+    "model.region_fc=16",
+    "train.cam.epochs=1",
+    "train.regionnet.epochs=1",
+    "train.pixelnet.epochs=1",
+    "train.cam.batch_size=4",
+    "train.regionnet.batch_size=4",
+    "train.pixelnet.batch_size=4",
 ]
 
 
@@ -33,11 +43,20 @@ def finished(tiny_root, tmp_path_factory):
 def test_report_has_every_stage_of_table_3(finished):
     cfg, base, rep = finished
     got = [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
-    assert got == [(0, "seeds", "train"),
-                   (1, "regionnet", "train"), (1, "refined", "train"), (1, "pixelnet", "train"),
-                   (1, "pixelnet_crf", "train"), (1, "pixelnet", "val"), (1, "pixelnet_crf", "val"),
-                   (2, "regionnet", "train"), (2, "pixelnet", "train"), (2, "pixelnet_crf", "train"),
-                   (2, "pixelnet", "val"), (2, "pixelnet_crf", "val")]
+    assert got == [
+        (0, "seeds", "train"),
+        (1, "regionnet", "train"),
+        (1, "refined", "train"),
+        (1, "pixelnet", "train"),
+        (1, "pixelnet_crf", "train"),
+        (1, "pixelnet", "val"),
+        (1, "pixelnet_crf", "val"),
+        (2, "regionnet", "train"),
+        (2, "pixelnet", "train"),
+        (2, "pixelnet_crf", "train"),
+        (2, "pixelnet", "val"),
+        (2, "pixelnet_crf", "val"),
+    ]
     for r in rep["stages"]:
         assert 0 <= r["miou"] <= 100 and set(r["per_class"]) == set(rep["classes"])
     work = base / "work"
@@ -46,8 +65,12 @@ def test_report_has_every_stage_of_table_3(finished):
     assert "| 2 | pixelnet | val |" in (work / "report.md").read_text()
     # every stage's wall time, in the loop's order
     assert list(rep["seconds"]) == ["records/train", "records/val", "cam", "seeds"] + [
-        f"iter{t}/{f}" for t in (1, 2) for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
-    assert all(s > 0 for s in rep["seconds"].values()) and "| iter2/pixelnet |" in (work / "report.md").read_text()
+        f"iter{t}/{f}" for t in (1, 2) for f in ("regionnet", "regions", "pixelnet", "masks", "val")
+    ]
+    assert (
+        all(s > 0 for s in rep["seconds"].values())
+        and "| iter2/pixelnet |" in (work / "report.md").read_text()
+    )
     assert (work / "miou_progress.png").stat().st_size > 0 and (work / "stages.png").stat().st_size > 0
 
 
@@ -61,8 +84,10 @@ def test_final_pixelnet_is_exported_in_tf_serving_layout(finished):
 def test_rerun_resumes_without_redoing_anything(finished, tiny_root, caplog):
     caplog.set_level(logging.INFO)
     cfg, base, rep = finished
-    stamps = {p: os.path.getmtime(base / "work" / p) for p in ("cam/model.keras", "iter2/pixelnet/model.keras",
-                                                               "iter2/val/manifest.json")}
+    stamps = {
+        p: os.path.getmtime(base / "work" / p)
+        for p in ("cam/model.keras", "iter2/pixelnet/model.keras", "iter2/val/manifest.json")
+    }
     again = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
     out = caplog.text
     assert "trained already" in out and "complete already" in out and "train cam:" not in out
@@ -146,8 +171,9 @@ def test_report_without_ground_truth(finished, tmp_path):
     from mcof_tf.report import report
 
     no_gt = report(str(work))
-    assert [(r["iteration"], r["stage"], r["split"]) for r in no_gt["stages"]] == \
-        [(r["iteration"], r["stage"], r["split"]) for r in rep["stages"]]
+    assert [(r["iteration"], r["stage"], r["split"]) for r in no_gt["stages"]] == [
+        (r["iteration"], r["stage"], r["split"]) for r in rep["stages"]
+    ]
     for r in no_gt["stages"]:
         st = r["stats"]
         assert "miou" not in r and st["images"] > 0 and 0 <= st["labelled"] <= 100
@@ -175,8 +201,9 @@ def test_ablation_variants_from_the_cli(flag, tiny_root, tmp_path, capsys):
     variant = json.load(open(work / "config.json"))["variant"]
     if flag == "--no-saliency":
         assert variant == "no_saliency" and (1, "refined", "train") not in stages
-        assert {r.label_stage for r in records.read_records(str(work / "iter1" / "regions" / "*.tfrecord"))} \
-            == {"regionnet"}
+        assert {
+            r.label_stage for r in records.read_records(str(work / "iter1" / "regions" / "*.tfrecord"))
+        } == {"regionnet"}
     else:
         assert variant == "direct_iterative" and (1, "refined", "train") in stages
         assert (2, "regionnet", "train") not in stages and not (work / "iter2" / "regionnet").exists()

@@ -1,11 +1,12 @@
 """The method's pure functions on small hand-made arrays whose right answer can be seen."""
+
 import numpy as np
 
 from mcof_tf.method.labels import drop_absent_classes, paint
 from mcof_tf.method.refine import colour_likelihoods, object_posterior, refine_single_tag
 from mcof_tf.method.seeds import cam_seeds, local_maxima
-from mcof_tf.vision.crf import dense_crf
 from mcof_tf.models.regionnet import region_labels
+from mcof_tf.vision.crf import dense_crf
 
 # 8x8 image cut into four 4x4 superpixels: 0 1 / 2 3
 SP = np.zeros((8, 8), np.int32)
@@ -92,9 +93,13 @@ def test_dense_crf_accepts_read_only_images():
 def test_tag_argmax_rules():
     from mcof_tf.method.labels import tag_argmax
 
-    scores = np.array([[0.1, 0.2, 0.9, 0.0],   # untagged class 2 wins outright
-                       [0.5, 0.1, 0.9, 0.0],   # ... and background beats tagged class 1
-                       [0.2, 0.6, 0.1, 0.0]])  # tagged class 1 wins
+    scores = np.array(
+        [
+            [0.1, 0.2, 0.9, 0.0],  # untagged class 2 wins outright
+            [0.5, 0.1, 0.9, 0.0],  # ... and background beats tagged class 1
+            [0.2, 0.6, 0.1, 0.0],
+        ]
+    )  # tagged class 1 wins
     assert tag_argmax(scores, [1], "restrict").tolist() == [1, 0, 1]
     assert tag_argmax(scores, [1], "background").tolist() == [0, 0, 1]
     assert tag_argmax(scores, None).tolist() == [2, 2, 1]
@@ -105,10 +110,7 @@ def test_tag_argmax_keep_tags_revives_a_vanished_class():
 
     # 4 regions, classes bg / 1 / 2; image tagged {1, 2}. Class 2 loses everywhere to background or 1,
     # but it is the likelier object class in regions 2 and 3 (region 3 at < half its peak: stays).
-    scores = np.log(np.array([[0.1, 0.8, 0.1],
-                              [0.7, 0.2, 0.1],
-                              [0.6, 0.1, 0.3],
-                              [0.85, 0.05, 0.1]]))
+    scores = np.log(np.array([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.6, 0.1, 0.3], [0.85, 0.05, 0.1]]))
     assert tag_argmax(scores, [1, 2]).tolist() == [1, 0, 0, 0]
     assert tag_argmax(scores, [1, 2], keep_tags=True).tolist() == [1, 0, 2, 0]
     # a class present somewhere is left alone; an untagged class is never revived
@@ -131,13 +133,13 @@ def test_crf_probabilities_move_a_blurred_edge_to_the_colour_edge():
     img = np.zeros((12, 12, 3), np.uint8)
     img[:, 6:] = 255
     scores = np.zeros((12, 12, 3))
-    scores[:, :4, 0] = 2.0   # background sure on the left ...
-    scores[:, 4:, 1] = 1.0   # ... class 1 mildly likelier from column 4 on (two columns too early)
-    scores[:, :, 2] = 3.0    # an untagged class that would win everywhere
+    scores[:, :4, 0] = 2.0  # background sure on the left ...
+    scores[:, 4:, 1] = 1.0  # ... class 1 mildly likelier from column 4 on (two columns too early)
+    scores[:, :, 2] = 3.0  # an untagged class that would win everywhere
     q = crf_probabilities(img, scores, tags=[1])
     assert q.shape == (12, 12, 3) and np.allclose(q.sum(-1), 1) and (q[..., 2] == 0).all()
-    assert (scores[..., :2].argmax(-1)[:, 4:6] == 1).all()         # before: the spill
-    assert (q.argmax(-1) == (np.arange(12)[None, :] >= 6)).all()   # after: the colour edge
+    assert (scores[..., :2].argmax(-1)[:, 4:6] == 1).all()  # before: the spill
+    assert (q.argmax(-1) == (np.arange(12)[None, :] >= 6)).all()  # after: the colour edge
 
 
 def test_leave_unsure_unlabels_low_confidence_pixels():

@@ -1,7 +1,8 @@
 """Models by shape, parameter count, weight transfer, save/load round-trip and hand-checked pieces."""
+
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from mcof_tf.models import losses
@@ -16,7 +17,10 @@ def test_deeplab_largefov_matches_the_paper():
     assert m.count_params() == 20_505_429
     out = m(np.zeros((1, 321, 321, 3), np.float32))
     assert tuple(out.shape) == (1, 41, 41, 21)
-    assert m.get_layer("block4_pool").strides == (1, 1) and m.get_layer("block5_conv1").dilation_rate == (2, 2)
+    assert m.get_layer("block4_pool").strides == (1, 1) and m.get_layer("block5_conv1").dilation_rate == (
+        2,
+        2,
+    )
     assert m.get_layer("fc6").dilation_rate == (12, 12)
 
 
@@ -70,8 +74,10 @@ def test_resnet101_is_dilated_to_output_stride_8(tmp_path):
     path = str(tmp_path / "r101.weights.h5")
     app.save_weights(path)
     assert load_backbone_weights(m, "resnet101", path) > 100
-    np.testing.assert_array_equal(body.get_layer("conv5_block3_3_conv").get_weights()[0],
-                                  app.get_layer("conv5_block3_3_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        body.get_layer("conv5_block3_3_conv").get_weights()[0],
+        app.get_layer("conv5_block3_3_conv").get_weights()[0],
+    )
 
 
 def test_cam_logits_are_the_average_of_the_maps():
@@ -81,13 +87,17 @@ def test_cam_logits_are_the_average_of_the_maps():
     feats, logits = ext(x)
     w, b = m.get_layer(CLASSIFIER).get_weights()
     # GAP then dense == dense then GAP: the linearity CAM relies on
-    np.testing.assert_allclose(np.einsum("bhwk,kc->bhwc", feats, w).mean((1, 2)) + b, logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.einsum("bhwk,kc->bhwc", feats, w).mean((1, 2)) + b, logits, rtol=1e-4, atol=1e-4
+    )
     cams = class_activation_maps(ext, w, x).numpy()
     assert cams.shape == (2, 40, 48, 3)
     assert cams.min() >= 0 and cams.max() <= 1 + 1e-6
     # flip: the average of the CAMs of the image and of its mirror image, mapped back
     mirrored = class_activation_maps(ext, w, x[:, :, ::-1]).numpy()[:, :, ::-1]
-    np.testing.assert_allclose(class_activation_maps(ext, w, x, flip=True).numpy(), (cams + mirrored) / 2, atol=1e-5)
+    np.testing.assert_allclose(
+        class_activation_maps(ext, w, x, flip=True).numpy(), (cams + mirrored) / 2, atol=1e-5
+    )
     # scales: each scale's CAMs are computed on the resized image and brought back to the image's size
     multi = class_activation_maps(ext, w, x, scales=(0.5, 1.0, 1.5)).numpy()
     assert multi.shape == cams.shape and multi.min() >= 0 and multi.max() <= 1 + 1e-6
@@ -114,8 +124,12 @@ def _numpy_masked_roi(features, sp, r, k, s):
                     y0, x0 = int(np.floor(fy)), int(np.floor(fx))
                     y1i, x1i = min(y0 + 1, fh - 1), min(x0 + 1, fw - 1)
                     dy, dx = fy - y0, fx - x0
-                    v = (features[b, y0, x0] * (1 - dy) * (1 - dx) + features[b, y0, x1i] * (1 - dy) * dx
-                         + features[b, y1i, x0] * dy * (1 - dx) + features[b, y1i, x1i] * dy * dx)
+                    v = (
+                        features[b, y0, x0] * (1 - dy) * (1 - dx)
+                        + features[b, y0, x1i] * (1 - dy) * dx
+                        + features[b, y1i, x0] * dy * (1 - dx)
+                        + features[b, y1i, x1i] * dy * dx
+                    )
                     iy = int(round(y1 * (h - 1) + i * (y2 - y1) * (h - 1) / (size - 1)))
                     ix = int(round(x1 * (w - 1) + j * (x2 - x1) * (w - 1) / (size - 1)))
                     samples[i, j] = v if sp[b, iy, ix] == reg else 0.0
@@ -127,7 +141,9 @@ def test_masked_roi_pooling_matches_numpy_reference():
     rng = np.random.default_rng(1)
     features = rng.uniform(0, 1, (2, 5, 6, 3)).astype(np.float32)
     # superpixels: blocks with an L-shaped region, a hole (-1) and an id beyond max_regions
-    sp = np.repeat(np.repeat(rng.integers(0, 5, (2, 4, 5)), 4, axis=1), 4, axis=2)[:, :17, :19].astype(np.int32)
+    sp = np.repeat(np.repeat(rng.integers(0, 5, (2, 4, 5)), 4, axis=1), 4, axis=2)[:, :17, :19].astype(
+        np.int32
+    )
     sp[0, :3, :3] = -1
     sp[1, 5:9, 5:9] = 9
     layer = MaskedRoIPooling(pool_size=2, max_regions=6, sampling_ratio=2)
@@ -238,10 +254,15 @@ def test_tag_cross_entropy_plain_and_balanced_by_hand():
     y = np.array([[1, 0, 0, 0]], np.float32)
     logits = np.zeros((1, 4), np.float32)  # p = 0.5 everywhere: every term is log 2
     assert abs(float(losses.TagCrossEntropy()(y, logits)) - np.log(2)) < 1e-6
-    assert abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - np.log(2)) < 1e-6  # weights average 1
+    assert (
+        abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - np.log(2)) < 1e-6
+    )  # weights average 1
     logits = np.array([[0.0, -2.0, -2.0, -2.0]], np.float32)
     neg, pos = np.log1p(np.exp(-2.0)), np.log(2)
     plain = float(losses.TagCrossEntropy()(y, logits))
     assert abs(plain - (pos + 3 * neg) / 4) < 1e-6
     # power 1: the one positive weighs as much as the three negatives (2 vs 2/3 each)
-    assert abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - (2 * pos + 3 * (2 / 3) * neg) / 4) < 1e-6
+    assert (
+        abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - (2 * pos + 3 * (2 / 3) * neg) / 4)
+        < 1e-6
+    )

@@ -1,4 +1,5 @@
 """Multi-worker training: two processes on 127.0.0.1 under MultiWorkerMirroredStrategy (TF_CONFIG)."""
+
 import json
 import os
 import socket
@@ -40,9 +41,18 @@ def test_two_workers_train_to_identical_weights(labelled_records, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = []
     for i in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), labelled_records],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "out"), labelled_records],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -52,7 +62,9 @@ def test_two_workers_train_to_identical_weights(labelled_records, tmp_path):
     assert [r["chief"] for r in results] == [True, False]
     assert all(r["multi_worker"] for r in results)
     # only the chief's model lands in the output folder; the other worker writes under worker-1/
-    assert (tmp_path / "out" / "model.keras").exists() and (tmp_path / "out" / "worker-1" / "model.keras").exists()
+    assert (tmp_path / "out" / "model.keras").exists() and (
+        tmp_path / "out" / "worker-1" / "model.keras"
+    ).exists()
     a, b = np.load(tmp_path / "out" / "weights-0.npz"), np.load(tmp_path / "out" / "weights-1.npz")
     assert len(a.files) > 10
     for k in a.files:  # synchronous updates and synchronized batch norm: the same weights everywhere

@@ -1,4 +1,5 @@
 """The Beam preprocessing job on tiny data, including every kind of bad input the issue lists."""
+
 import json
 import logging
 import os
@@ -7,12 +8,11 @@ import sys
 
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
+from conftest import list_ids
 from PIL import Image
 
 from beam_jobs import preprocess
 from mcof_tf.data import records
-
-from conftest import list_ids
 
 XML = "<annotation>%s</annotation>"
 OBJ = "<object><name>%s</name></object>"
@@ -53,9 +53,16 @@ def _add_bad_inputs(root):
     h, w = np.asarray(Image.open(j("JPEGImages", f"{first}.jpg"))).shape[:2]
     os.makedirs(j("Saliency"))
     Image.fromarray(np.full((h, w), 77, np.uint8)).save(j("Saliency", f"{first}.png"))
-    bad = {"trunc": "cannot be decoded", "text": "cannot be decoded", "badmask": "10x10 but the image is 52x40",
-           "zebra": "'zebra'", "notags": "no tags", "ghost": "does not exist", "../x": "invalid id",
-           "a/b": "invalid id"}
+    bad = {
+        "trunc": "cannot be decoded",
+        "text": "cannot be decoded",
+        "badmask": "10x10 but the image is 52x40",
+        "zebra": "'zebra'",
+        "notags": "no tags",
+        "ghost": "does not exist",
+        "../x": "invalid id",
+        "a/b": "invalid id",
+    }
     with open(j("ImageSets", "Segmentation", "train.txt"), "a") as f:
         f.write("\n".join(["", "gray", "rgba", "cmyk", *bad, ""]) + "\n")
     return bad, first
@@ -113,10 +120,30 @@ def test_dataset_level_errors_stop_the_cli_with_a_message(tmp_path, capsys):
 def test_cli_with_two_worker_processes(tiny_root, tmp_path):
     out = tmp_path / "mp"
     proc = subprocess.run(
-        [sys.executable, "-m", "beam_jobs.preprocess", "--data-root", tiny_root, "--split", "train",
-         "--out", str(out), "--set", "superpixels.scale=300", "--set", "superpixels.min_size=50",
-         "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
-        capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.preprocess",
+            "--data-root",
+            tiny_root,
+            "--split",
+            "train",
+            "--out",
+            str(out),
+            "--set",
+            "superpixels.scale=300",
+            "--set",
+            "superpixels.min_size=50",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.load(open(out / "manifest.json"))
     assert m["read"] == m["written"] == len(list_ids(tiny_root)) and m["rejected"] == []
@@ -131,17 +158,29 @@ def test_shards_are_the_same_whatever_the_input_order(tmp_path):
     from beam_jobs import common
 
     rng = np.random.default_rng(0)
-    recs = [records.Record(id=f"img{i:02d}", image_encoded=records.png_bytes(rng.integers(0, 255, (8, 9, 3), np.uint8)),
-                           image_format="png", height=8, width=9, tags=records.tags_multi_hot([1 + i % 3], 4),
-                           superpixels=np.zeros((8, 9), np.int32), saliency=np.zeros((8, 9), np.uint8))
-            for i in range(13)]
+    recs = [
+        records.Record(
+            id=f"img{i:02d}",
+            image_encoded=records.png_bytes(rng.integers(0, 255, (8, 9, 3), np.uint8)),
+            image_format="png",
+            height=8,
+            width=9,
+            tags=records.tags_multi_hot([1 + i % 3], 4),
+            superpixels=np.zeros((8, 9), np.int32),
+            saliency=np.zeros((8, 9), np.uint8),
+        )
+        for i in range(13)
+    ]
     serialized = [records.encode(r) for r in recs]
     for name, order in (("a", serialized), ("b", serialized[::-1])):
         with beam.Pipeline() as p:
-            common.write_outputs(p | beam.Create(order), p | "NoRejects" >> beam.Create([]),
-                                 str(tmp_path / name), "part", 3)
+            common.write_outputs(
+                p | beam.Create(order), p | "NoRejects" >> beam.Create([]), str(tmp_path / name), "part", 3
+            )
     files_a = sorted(os.listdir(tmp_path / "a"))
-    assert [f for f in files_a if f.endswith(".tfrecord")] == [f"part-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert [f for f in files_a if f.endswith(".tfrecord")] == [
+        f"part-0000{i}-of-00003.tfrecord" for i in range(3)
+    ]
     for f in files_a:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     ids = [records.record_ids(str(tmp_path / "a" / f)) for f in files_a if f.endswith(".tfrecord")]

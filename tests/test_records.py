@@ -17,10 +17,18 @@ def _record(h=20, w=30, with_labels=True, seed=0):
     gt[0] = 255
     sal = (sp * 50).astype(np.uint8)
     return records.Record(
-        id=f"r{seed}", image_encoded=records.png_bytes(img), image_format="png", height=h, width=w,
-        tags=records.tags_multi_hot([2], 4), superpixels=sp, saliency=sal, groundtruth=gt,
+        id=f"r{seed}",
+        image_encoded=records.png_bytes(img),
+        image_format="png",
+        height=h,
+        width=w,
+        tags=records.tags_multi_hot([2], 4),
+        superpixels=sp,
+        saliency=sal,
+        groundtruth=gt,
         superpixel_labels=np.array([1, 255, 2, 0, 3, 255]) if with_labels else None,
-        label_stage="seeds" if with_labels else "")
+        label_stage="seeds" if with_labels else "",
+    )
 
 
 def test_tags_multi_hot():
@@ -88,8 +96,17 @@ def _shards(tmp_path, n=6):
 
 
 def test_augmentation_keeps_every_map_aligned(tmp_path):
-    ds = pipeline.make_dataset(_shards(tmp_path), 4, batch_size=3, training=True, crop_size=24,
-                               min_scale=0.6, max_scale=1.6, seed=3, mean_rgb=(0.0, 0.0, 0.0))
+    ds = pipeline.make_dataset(
+        _shards(tmp_path),
+        4,
+        batch_size=3,
+        training=True,
+        crop_size=24,
+        min_scale=0.6,
+        max_scale=1.6,
+        seed=3,
+        mean_rgb=(0.0, 0.0, 0.0),
+    )
     table = np.array([1, 255, 2, 0, 3, 255])
     seen_pad = seen_flip = False
     for batch in ds.take(8):
@@ -115,9 +132,11 @@ def test_augmentation_keeps_every_map_aligned(tmp_path):
 
 def test_seed_fixes_order_and_augmentation(tmp_path):
     pattern = _shards(tmp_path)
+
     def first(seed):
         ds = pipeline.make_dataset(pattern, 4, batch_size=2, training=True, crop_size=16, seed=seed)
         return [b["image"].numpy() for b in ds.take(3)]
+
     a, b, c = first(5), first(5), first(6)
     assert all((x == y).all() for x, y in zip(a, b))
     assert any((x != y).any() for x, y in zip(a, c))

@@ -1,4 +1,5 @@
 """The Beam relabel job on tiny records with small random models (the rules, not the accuracy)."""
+
 import json
 import logging
 import os
@@ -22,15 +23,19 @@ from mcof_tf.models.regionnet import build_regionnet
 def base(tiny_root, tmp_path_factory):
     from mcof_tf.config import load_config
 
-    cfg = load_config("synthetic", ["superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=1",
-                                    "model.max_regions=8"])
+    cfg = load_config(
+        "synthetic",
+        ["superpixels.scale=300", "superpixels.min_size=50", "records.num_shards=1", "model.max_regions=8"],
+    )
     out = str(tmp_path_factory.mktemp("records") / "train")
     m = preprocess.run(tiny_root, "train", out, cfg, PipelineOptions([]))
     models = tmp_path_factory.mktemp("models")
     paths = {}
-    for name, model in (("cam", build_cam(7, "vgg16_small", 0.125)),
-                        ("pixelnet", deeplab_largefov(7, "vgg16_small", 0.125)),
-                        ("regionnet", build_regionnet(7, "vgg16_small", 0.125, max_regions=8, fc_units=8))):
+    for name, model in (
+        ("cam", build_cam(7, "vgg16_small", 0.125)),
+        ("pixelnet", deeplab_largefov(7, "vgg16_small", 0.125)),
+        ("regionnet", build_regionnet(7, "vgg16_small", 0.125, max_regions=8, fc_units=8)),
+    ):
         paths[name] = str(models / f"{name}.keras")
         training.save_model(model, paths[name])
     return cfg, os.path.join(out, "*.tfrecord"), m["classes"], paths
@@ -38,7 +43,9 @@ def base(tiny_root, tmp_path_factory):
 
 def _run(base, stage, out, **kw):
     cfg, recs, classes, paths = base
-    return relabel.run(recs, paths.get(stage), stage, str(out), cfg, len(classes), classes, PipelineOptions([]), **kw)
+    return relabel.run(
+        recs, paths.get(stage), stage, str(out), cfg, len(classes), classes, PipelineOptions([]), **kw
+    )
 
 
 def test_cam_stage_writes_one_seed_per_superpixel_within_the_tags(base, tmp_path):
@@ -70,7 +77,10 @@ def test_pixelnet_stage_with_and_without_tags(base, tmp_path):
     free = _run(base, "pixelnet", tmp_path / "b", iteration=1, use_tags=False)
     assert tagged["written"] == free["written"] == 8
     for r in records.read_records(str(tmp_path / "a" / "*.tfrecord")):
-        assert r.labels.shape == (r.height, r.width) and set(np.unique(r.labels).tolist()) <= {0, *r.tag_indices}
+        assert r.labels.shape == (r.height, r.width) and set(np.unique(r.labels).tolist()) <= {
+            0,
+            *r.tag_indices,
+        }
 
 
 def test_pixelnet_masks_with_crf_or_a_confidence_cut(base, tmp_path):
@@ -80,8 +90,18 @@ def test_pixelnet_masks_with_crf_or_a_confidence_cut(base, tmp_path):
 
     def run(name, use_tags=True, **labels):
         post = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **labels))
-        m = relabel.run(recs, paths["pixelnet"], "pixelnet", str(tmp_path / name), post, len(classes), classes,
-                        PipelineOptions([]), 1, use_tags=use_tags)
+        m = relabel.run(
+            recs,
+            paths["pixelnet"],
+            "pixelnet",
+            str(tmp_path / name),
+            post,
+            len(classes),
+            classes,
+            PipelineOptions([]),
+            1,
+            use_tags=use_tags,
+        )
         return m, list(records.read_records(str(tmp_path / name / "*.tfrecord")))
 
     m, recs_crf = run("crf", crf=True, min_confidence=0.0)
@@ -101,13 +121,23 @@ def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
     cfg, recs, classes, paths = base
     bad = tmp_path / "in"
     bad.mkdir()
-    good = [raw for f in sorted(tf.io.gfile.glob(recs)) for raw in tf.data.TFRecordDataset(f).as_numpy_iterator()]
+    good = [
+        raw for f in sorted(tf.io.gfile.glob(recs)) for raw in tf.data.TFRecordDataset(f).as_numpy_iterator()
+    ]
     with tf.io.TFRecordWriter(str(bad / "x-00000-of-00001.tfrecord")) as w:
         for raw in good[:3]:
             w.write(raw)
         w.write(b"not an example")
-    m = relabel.run(str(bad / "*.tfrecord"), None, "groundtruth", str(tmp_path / "out"), cfg, len(classes), classes,
-                    PipelineOptions([]))
+    m = relabel.run(
+        str(bad / "*.tfrecord"),
+        None,
+        "groundtruth",
+        str(tmp_path / "out"),
+        cfg,
+        len(classes),
+        classes,
+        PipelineOptions([]),
+    )
     assert m["read"] == 4 and m["written"] == 3 and len(m["rejected"]) == 1
     for r in records.read_records(str(tmp_path / "out" / "*.tfrecord")):
         assert (r.labels == r.groundtruth).all() and r.label_stage == "groundtruth"
@@ -126,10 +156,29 @@ def test_cli_with_two_worker_processes(base, tmp_path):
     cfg, recs, classes, paths = base
     out = tmp_path / "mp"
     proc = subprocess.run(
-        [sys.executable, "-m", "beam_jobs.relabel", "--records", recs, "--model", paths["pixelnet"],
-         "--stage", "pixelnet", "--out", str(out), "--set", "records.num_shards=2",
-         "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.relabel",
+            "--records",
+            recs,
+            "--model",
+            paths["pixelnet"],
+            "--stage",
+            "pixelnet",
+            "--out",
+            str(out),
+            "--set",
+            "records.num_shards=2",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.load(open(out / "manifest.json"))
     assert m["read"] == m["written"] == 8 and "pixelnet" in m["metrics"] and len(m["shards"]) == 2

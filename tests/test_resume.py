@@ -1,5 +1,6 @@
 """Crash-safe resume, for real: `python -m mcof_tf.train` is SIGKILLed inside a Beam job and inside a
 training epoch, re-run, and must finish with the same report as an uninterrupted run."""
+
 import json
 import os
 import signal
@@ -8,11 +9,12 @@ import sys
 import time
 
 import pytest
-
 from test_loop import TINY_RUN
 
 # PixelNet gets 4 epochs so that a kill can land inside one (after epoch 2's backup)
-ARGS = ["--iter", "1", "--no-export"] + [a for kv in TINY_RUN + ["train.pixelnet.epochs=4"] for a in ("--set", kv)]
+ARGS = ["--iter", "1", "--no-export"] + [
+    a for kv in TINY_RUN + ["train.pixelnet.epochs=4"] for a in ("--set", kv)
+]
 
 
 def _command(root, workdir):
@@ -22,8 +24,9 @@ def _command(root, workdir):
 def _run(root, workdir):
     t0 = time.time()
     # the run's story is logged to stderr, Keras' epoch lines go to stdout: both, in order
-    r = subprocess.run(_command(root, workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        _command(root, workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     return r.stdout, time.time() - t0
 
@@ -32,8 +35,13 @@ def _run_and_kill(root, workdir, when, delay=0.0):
     """Start the command, SIGKILL its whole process group `delay` s after `when(line)` is true for a
     line of its output (stdout and stderr)."""
     t0 = time.time()
-    p = subprocess.Popen(_command(root, workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        _command(root, workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in p.stdout:
         seen.append(line)
@@ -47,8 +55,10 @@ def _run_and_kill(root, workdir, when, delay=0.0):
 
 
 def _stages(workdir):
-    return [(r["iteration"], r["stage"], r["split"], r["miou"])
-            for r in json.loads((workdir / "report.json").read_text())["stages"]]
+    return [
+        (r["iteration"], r["stage"], r["split"], r["miou"])
+        for r in json.loads((workdir / "report.json").read_text())["stages"]
+    ]
 
 
 def _leftovers(workdir):
@@ -65,8 +75,9 @@ def reference(tiny_root, tmp_path_factory):
 def test_kill_inside_a_beam_job_then_resume(tiny_root, tmp_path, reference):
     work = tmp_path / "work"
     # the regionnet relabel job: CAM, seeds and RegionNet are finished by then
-    killed, t_killed = _run_and_kill(tiny_root, work, lambda line: "relabel regionnet:" in line,
-                                      delay=1.0)  # the job prints its start line, then runs its pipeline
+    killed, t_killed = _run_and_kill(
+        tiny_root, work, lambda line: "relabel regionnet:" in line, delay=1.0
+    )  # the job prints its start line, then runs its pipeline
     assert not (work / "iter1" / "regions" / "manifest.json").exists()
     out, t_resumed = _run(tiny_root, work)
     for done in ("cam: trained already", "iter1/regionnet: trained already", "relabel cam: ", "preprocess: "):
@@ -74,8 +85,10 @@ def test_kill_inside_a_beam_job_then_resume(tiny_root, tmp_path, reference):
     assert "complete already" in out and "train cam:" not in out and "train regionnet:" not in out
     assert _stages(work) == reference[0]
     assert _leftovers(work) == []
-    print(f"Beam-job kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
-          f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)")
+    print(
+        f"Beam-job kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
+        f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)"
+    )
 
 
 def test_kill_inside_a_training_epoch_then_resume(tiny_root, tmp_path, reference):
@@ -93,5 +106,7 @@ def test_kill_inside_a_training_epoch_then_resume(tiny_root, tmp_path, reference
     assert "iter1/regionnet: trained already" in out and "train regionnet:" not in out
     assert _stages(work) == reference[0]  # exact: the resumed stream continues where it stopped
     assert _leftovers(work) == []
-    print(f"training kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
-          f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)")
+    print(
+        f"training kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
+        f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)"
+    )

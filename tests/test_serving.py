@@ -1,4 +1,5 @@
 """Export for TF Serving, the predict CLI and the Beam batch-prediction job (issue 5)."""
+
 import base64
 import json
 import os
@@ -39,8 +40,12 @@ def exported(tmp_path_factory):
     y = np.zeros((16, 8, 8), np.int64)
     for i in range(16):  # bright rectangles (class 1) on black: logits that vary over an image
         (y0, x0), (h, w) = rng.integers(0, 32, 2), rng.integers(16, 32, 2)
-        x[i, y0:y0 + h, x0:x0 + w] = 255.0
-        y[i, max(0, (y0 - 4 + 7) // 8):(y0 + h - 4 + 7) // 8, max(0, (x0 - 4 + 7) // 8):(x0 + w - 4 + 7) // 8] = 1
+        x[i, y0 : y0 + h, x0 : x0 + w] = 255.0
+        y[
+            i,
+            max(0, (y0 - 4 + 7) // 8) : (y0 + h - 4 + 7) // 8,
+            max(0, (x0 - 4 + 7) // 8) : (x0 + w - 4 + 7) // 8,
+        ] = 1
     model = deeplab_largefov(3, "vgg16_small", 0.125, batch_norm=True)
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x - np.asarray(MEAN, np.float32), y, epochs=20, batch_size=4, verbose=0)
@@ -49,7 +54,9 @@ def exported(tmp_path_factory):
     base = str(tmp / "saved_models" / "tiny")
     v1 = export.export_saved_model(path, base, CLASSES, MEAN)
     v2 = export.export_saved_model(path, base, CLASSES, MEAN)
-    small = export.export_saved_model(path, str(tmp / "bounded"), CLASSES, MEAN, max_side=32, max_pixels=64 * 64)
+    small = export.export_saved_model(
+        path, str(tmp / "bounded"), CLASSES, MEAN, max_side=32, max_pixels=64 * 64
+    )
     return {"keras": path, "model": model, "v1": v1, "v2": v2, "bounded": small, "tmp": tmp}
 
 
@@ -117,8 +124,13 @@ SERVE_SCRIPT = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def served(exported):
-    r = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, exported["v1"], exported["bounded"]],
-                       capture_output=True, text=True, cwd="/", timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, exported["v1"], exported["bounded"]],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.split("RESULT", 1)[1])
 
@@ -127,7 +139,12 @@ def test_savedmodel_serves_encoded_images_without_mcof_tf(served, exported):
     assert served["mcof_tf_imported"] is False
     assert served["inputs"] == {"images": ["string", [None]]}
     assert served["outputs"] == ["class_names", "class_scores", "label_png_bytes"]
-    assert served["sizes"] == [[50, 70, 1], [50, 70, 1], [31, 45, 1], [50, 70, 1]]  # each at its input's resolution
+    assert served["sizes"] == [
+        [50, 70, 1],
+        [50, 70, 1],
+        [31, 45, 1],
+        [50, 70, 1],
+    ]  # each at its input's resolution
     assert np.allclose(served["scores_sum"], 1.0, atol=1e-4)
     assert served["names"] == CLASSES
     labels = np.array(served["labels"])
@@ -135,7 +152,9 @@ def test_savedmodel_serves_encoded_images_without_mcof_tf(served, exported):
     rgb[10:40, 20:60] = 255
     logits = exported["model"](rgb[None] - np.asarray(MEAN, np.float32), training=False)
     assert (labels == tf.argmax(tf.image.resize(logits, [50, 70])[0], -1).numpy()).mean() > 0.999
-    assert len(np.unique(labels)) >= 2  # an image-dependent answer, so that the comparisons below mean something
+    assert (
+        len(np.unique(labels)) >= 2
+    )  # an image-dependent answer, so that the comparisons below mean something
     assert served["logits"] == [1, 5, 7, 3] and served["probabilities"] == [1, 40, 56, 3]
 
 
@@ -144,7 +163,9 @@ def test_savedmodel_bad_requests_fail_cleanly(served):
     assert served["after_error"] == 1  # the model still serves after a bad request
     assert served["empty"] == [[0], [0, 3]]
     assert served["downscaled_size"] == [50, 70, 1]  # run at ≤ 32 px, answered at the input's size
-    assert "image too large (header)" in served["huge_png"] and "image too large (header)" in served["huge_jpeg"]
+    assert (
+        "image too large (header)" in served["huge_png"] and "image too large (header)" in served["huge_jpeg"]
+    )
     assert "image too large (decoded)" in served["huge_bmp"]
 
 
@@ -153,24 +174,52 @@ def test_serving_default_matches_the_keras_model(exported):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 60, (44, 60, 3), np.uint8)
     image[8:36, 12:48] = 230
-    got = tf.io.decode_png(model.signatures["serving_default"](images=tf.constant([_png(image)]))["label_png_bytes"][0])
+    got = tf.io.decode_png(
+        model.signatures["serving_default"](images=tf.constant([_png(image)]))["label_png_bytes"][0]
+    )
     logits = exported["model"](image[None].astype(np.float32) - np.asarray(MEAN, np.float32), training=False)
     want = tf.argmax(tf.image.resize(logits, [44, 60], method="bilinear")[0], -1).numpy()
     assert (got.numpy()[..., 0] == want).mean() > 0.999
 
 
 def test_saved_model_cli_show_and_run(exported, tmp_path):
-    show = subprocess.run(["saved_model_cli", "show", "--dir", exported["v1"], "--all"],
-                          capture_output=True, text=True, timeout=300)
+    show = subprocess.run(
+        ["saved_model_cli", "show", "--dir", exported["v1"], "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert show.returncode == 0, show.stderr[-2000:]
-    for name in ("signature_def['serving_default']", "signature_def['predict_logits']", "label_png_bytes",
-                 "class_scores", "class_names", "probabilities"):
+    for name in (
+        "signature_def['serving_default']",
+        "signature_def['predict_logits']",
+        "label_png_bytes",
+        "class_scores",
+        "class_names",
+        "probabilities",
+    ):
         assert name in show.stdout
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 24, 32, 3), np.float32))
-    run = subprocess.run(["saved_model_cli", "run", "--dir", exported["v1"], "--tag_set", "serve",
-                          "--signature_def", "predict_logits", "--inputs", f"images={x}",
-                          "--outdir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            "saved_model_cli",
+            "run",
+            "--dir",
+            exported["v1"],
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "predict_logits",
+            "--inputs",
+            f"images={x}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert np.load(tmp_path / "out" / "probabilities.npy").shape == (1, 24, 32, 3)
 
@@ -182,7 +231,9 @@ def test_rest_and_grpc_request_forms_match_the_signature(exported):
 
     sig = tf.saved_model.load(exported["v1"]).signatures["serving_default"]
     image = _png(np.full((20, 30, 3), 90, np.uint8))
-    body = json.dumps({"signature_name": "serving_default", "instances": [{"b64": base64.b64encode(image).decode()}]})
+    body = json.dumps(
+        {"signature_name": "serving_default", "instances": [{"b64": base64.b64encode(image).decode()}]}
+    )
     inst = json.loads(body)["instances"]
     rest = sig(images=tf.constant([base64.b64decode(i["b64"]) for i in inst]))
     # the server base64-encodes outputs whose name ends in _bytes
@@ -217,15 +268,27 @@ def image_folder(tmp_path_factory):
 
 def test_predict_cli_writes_palette_pngs_overlays_and_resumes(exported, image_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["--model", exported["v1"], "--images", str(image_folder), "--out", str(out), "--overlay",
-            "--scales", "0.75,1,1.25", "--crf"]
+    args = [
+        "--model",
+        exported["v1"],
+        "--images",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--overlay",
+        "--scales",
+        "0.75,1,1.25",
+        "--crf",
+    ]
     assert predict.main(args) == 0
     a = Image.open(out / "a.png")
     assert a.mode == "P" and a.size == (52, 40) and Image.open(out / "sub" / "gray.png").size == (52, 40)
     assert set(np.unique(np.asarray(a)).tolist()) <= {0, 1, 2}
     assert Image.open(out / "overlays" / "a.jpg").size == (52, 40)
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
-    assert [r["id"].endswith("broken.jpg") for r in rejected] == [True] and "cannot be decoded" in rejected[0]["reason"]
+    assert [r["id"].endswith("broken.jpg") for r in rejected] == [True] and "cannot be decoded" in rejected[
+        0
+    ]["reason"]
     assert "read 3, written 2, already done 0, rejected 1" in capsys.readouterr().out
     assert predict.main(args) == 0  # resume: nothing is recomputed
     assert "read 3, written 0, already done 2, rejected 1" in capsys.readouterr().out
@@ -233,19 +296,26 @@ def test_predict_cli_writes_palette_pngs_overlays_and_resumes(exported, image_fo
 
 def test_predict_cli_at_scale_one_agrees_with_serving_default(exported, image_folder, tmp_path):
     out = tmp_path / "out"
-    assert predict.main(["--model", exported["v1"], "--images", str(image_folder / "*.jpg"), "--out", str(out)]) == 0
+    assert (
+        predict.main(["--model", exported["v1"], "--images", str(image_folder / "*.jpg"), "--out", str(out)])
+        == 0
+    )
     served = tf.saved_model.load(exported["v1"]).signatures["serving_default"](
-        images=tf.constant([(image_folder / "a.jpg").read_bytes()]))["label_png_bytes"][0]
+        images=tf.constant([(image_folder / "a.jpg").read_bytes()])
+    )["label_png_bytes"][0]
     # PIL and TensorFlow decode JPEG with different IDCTs: a few boundary pixels may differ
     assert (np.asarray(Image.open(out / "a.png")) == tf.io.decode_png(served).numpy()[..., 0]).mean() > 0.98
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "/nonexistent/1", "--images", "IMAGES", "--out", "OUT"], "holds no SavedModel"),
-    (["--model", "MODEL", "--images", "/nonexistent/*.jpg", "--out", "OUT"], "no images found"),
-    (["--model", "MODEL", "--images", "IMAGES", "--out", "OUT", "--scales", "1,x"], "--scales"),
-    (["--model", "MODEL", "--images", "IMAGES", "--out", "/proc/forbidden"], "error"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "/nonexistent/1", "--images", "IMAGES", "--out", "OUT"], "holds no SavedModel"),
+        (["--model", "MODEL", "--images", "/nonexistent/*.jpg", "--out", "OUT"], "no images found"),
+        (["--model", "MODEL", "--images", "IMAGES", "--out", "OUT", "--scales", "1,x"], "--scales"),
+        (["--model", "MODEL", "--images", "IMAGES", "--out", "/proc/forbidden"], "error"),
+    ],
+)
 def test_predict_cli_bad_arguments(exported, image_folder, tmp_path, capsys, args, message):
     subst = {"MODEL": exported["v1"], "IMAGES": str(image_folder), "OUT": str(tmp_path / "o")}
     assert predict.main([subst.get(a, a) for a in args]) == 2
@@ -254,13 +324,33 @@ def test_predict_cli_bad_arguments(exported, image_folder, tmp_path, capsys, arg
 
 def test_beam_predict_job_two_workers(exported, image_folder, tmp_path):
     out = tmp_path / "beam"
-    r = subprocess.run([sys.executable, "-m", "beam_jobs.predict", "--model", exported["v1"], "--input",
-                        str(image_folder), "--output", str(out), "--direct_num_workers", "2",
-                        "--direct_running_mode", "multi_processing"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.predict",
+            "--model",
+            exported["v1"],
+            "--input",
+            str(image_folder),
+            "--output",
+            str(out),
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
-    assert m["read"] == 3 and m["written"] == 2 and [x["id"].endswith("broken.jpg") for x in m["rejected"]] == [True]
+    assert (
+        m["read"] == 3
+        and m["written"] == 2
+        and [x["id"].endswith("broken.jpg") for x in m["rejected"]] == [True]
+    )
     cli = tmp_path / "cli"
     assert predict.main(["--model", exported["v1"], "--images", str(image_folder), "--out", str(cli)]) == 0
     for name in ("a.png", "sub/gray.png"):

@@ -2,12 +2,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import TINY, list_ids
 from PIL import Image
 
 from mcof_tf.data import synthetic
 from mcof_tf.data.voc import VocDataset, tags_from_mask
-
-from conftest import TINY, list_ids
 
 
 def test_render_is_deterministic_per_seed():
@@ -52,7 +51,7 @@ def test_badges_are_small_parts_of_their_objects():
     cls = objs[0]["class"]
     _, a, b = synthetic._BADGE[cls]
     inside = lab == cls
-    close = lambda c: (np.abs(img.astype(int) - np.array(c)).sum(-1) < 60)  # noqa: E731
+    close = lambda c: np.abs(img.astype(int) - np.array(c)).sum(-1) < 60  # noqa: E731
     share = (inside & (close(a) | close(b))).sum() / inside.sum()
     assert 0.005 < share < 0.15
 
@@ -67,8 +66,12 @@ def test_write_refuses_a_foreign_folder(tmp_path):
 
 def test_cli_writes_a_root(tmp_path):
     out = tmp_path / "b"
-    assert synthetic.main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--min-side", "40",
-                           "--max-side", "48"]) == 0
+    assert (
+        synthetic.main(
+            ["--out", str(out), "--num-train", "2", "--num-val", "1", "--min-side", "40", "--max-side", "48"]
+        )
+        == 0
+    )
     assert len(list_ids(str(out), "train")) == 2 and (out / synthetic.MARKER).exists()
 
 
@@ -101,10 +104,17 @@ def test_pairs_share_body_textures_and_badges_tell_the_class():
     assert len({synthetic._BADGE[c] for c in range(1, 11)}) == 10
 
 
-@pytest.mark.parametrize("change, message", [({"num_classes": 11}, "num_classes"), ({"num_classes": 1}, "num_classes"),
-                                             ({"object_scale": [0.3, 0.2]}, "object_scale"),
-                                             ({"backgrounds": "sky"}, "backgrounds"), ({"min_side": 20}, "min_side"),
-                                             ({"distractors": 1.5}, "distractors")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_classes": 11}, "num_classes"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"object_scale": [0.3, 0.2]}, "object_scale"),
+        ({"backgrounds": "sky"}, "backgrounds"),
+        ({"min_side": 20}, "min_side"),
+        ({"distractors": 1.5}, "distractors"),
+    ],
+)
 def test_bad_generator_parameters_are_refused(change, message, tmp_path):
     spec = synthetic.SyntheticSpec(**{**TINY.__dict__, **change})
     with pytest.raises(ValueError, match=message):

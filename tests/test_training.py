@@ -1,4 +1,5 @@
 """The one training routine: 2 replicas (2 logical CPUs), loss falls, resume after an interruption."""
+
 import json
 import os
 
@@ -29,8 +30,17 @@ def test_loss_falls_on_a_tiny_batch_with_two_replicas(network, lr, labelled_reco
     cfg = _cfg(tiny_cfg, network, lr)
     strategy = training.make_strategy(cfg.train.devices)
     assert strategy.num_replicas_in_sync == 2
-    model = training.train(network, labelled_records, str(tmp_path), cfg, 7, strategy=strategy, epochs=6,
-                           steps_per_epoch=5, verbose=0)
+    model = training.train(
+        network,
+        labelled_records,
+        str(tmp_path),
+        cfg,
+        7,
+        strategy=strategy,
+        epochs=6,
+        steps_per_epoch=5,
+        verbose=0,
+    )
     curve = model.history.history["loss"]  # per-epoch means
     assert curve[-1] < 0.8 * curve[0], (network, curve)
     assert os.path.exists(tmp_path / training.MODEL_FILE)
@@ -58,43 +68,74 @@ class _Interrupt(keras.callbacks.Callback):
 def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
     with pytest.raises(KeyboardInterrupt):
-        training.train("pixelnet", labelled_records, str(tmp_path), cfg, 7, epochs=4, steps_per_epoch=2,
-                       callbacks=[_Interrupt()], verbose=0)
+        training.train(
+            "pixelnet",
+            labelled_records,
+            str(tmp_path),
+            cfg,
+            7,
+            epochs=4,
+            steps_per_epoch=2,
+            callbacks=[_Interrupt()],
+            verbose=0,
+        )
     assert os.listdir(tmp_path / "backup") and not os.path.exists(tmp_path / training.MODEL_FILE)
-    model = training.train("pixelnet", labelled_records, str(tmp_path), cfg, 7, epochs=4, steps_per_epoch=2,
-                           verbose=0)
+    model = training.train(
+        "pixelnet", labelled_records, str(tmp_path), cfg, 7, epochs=4, steps_per_epoch=2, verbose=0
+    )
     assert model.history.epoch == [2, 3]  # epochs 0-1 were not redone
     assert int(model.optimizer.iterations.numpy()) == 8  # 4 epochs x 2 steps in all
     assert os.path.exists(tmp_path / training.MODEL_FILE)
     # the resumed run saw the batches the uninterrupted one saw, with the same optimizer state
-    whole = training.train("pixelnet", labelled_records, str(tmp_path / "whole"), cfg, 7, epochs=4,
-                           steps_per_epoch=2, verbose=0)
+    whole = training.train(
+        "pixelnet", labelled_records, str(tmp_path / "whole"), cfg, 7, epochs=4, steps_per_epoch=2, verbose=0
+    )
     for a, b in zip(model.get_weights(), whole.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_path):
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
-    first = training.train("pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, epochs=1, steps_per_epoch=1,
-                           verbose=0)
+    first = training.train(
+        "pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, epochs=1, steps_per_epoch=1, verbose=0
+    )
     seen = {}
 
     class Peek(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             seen["kernel"] = self.model.get_layer("fc8").get_weights()[0].copy()
 
-    training.train("pixelnet", labelled_records, str(tmp_path / "b"), cfg, 7, epochs=1, steps_per_epoch=1,
-                   init_from=str(tmp_path / "a" / training.MODEL_FILE), callbacks=[Peek()], verbose=0)
+    training.train(
+        "pixelnet",
+        labelled_records,
+        str(tmp_path / "b"),
+        cfg,
+        7,
+        epochs=1,
+        steps_per_epoch=1,
+        init_from=str(tmp_path / "a" / training.MODEL_FILE),
+        callbacks=[Peek()],
+        verbose=0,
+    )
     np.testing.assert_array_equal(seen["kernel"], first.get_layer("fc8").get_weights()[0])
 
 
-def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(labelled_records, tiny_cfg, tmp_path):
+def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(
+    labelled_records, tiny_cfg, tmp_path
+):
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
     cfg.train.steps_per_epoch = 1
     cfg.train.pixelnet.epochs, cfg.train.pixelnet.warm_epochs = 2, 1
     training.train("pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, verbose=0)
-    training.train("pixelnet", labelled_records, str(tmp_path / "b"), cfg, 7, verbose=0,
-                   init_from=str(tmp_path / "a" / training.MODEL_FILE))
+    training.train(
+        "pixelnet",
+        labelled_records,
+        str(tmp_path / "b"),
+        cfg,
+        7,
+        verbose=0,
+        init_from=str(tmp_path / "a" / training.MODEL_FILE),
+    )
     runs = {k: json.loads((tmp_path / k / "train.json").read_text()) for k in "ab"}
     assert (runs["a"]["epochs"], runs["a"]["warm_start"]) == (2, False)
     assert (runs["b"]["epochs"], runs["b"]["warm_start"]) == (1, True)
@@ -120,10 +161,16 @@ def test_same_seed_gives_the_same_weights(labelled_records, tiny_cfg, tmp_path):
     """Reproducibility on CPU: data order, augmentation and initialisation follow the config's seed
     (exact equality here; tf.data streams are stateless, see mcof_tf/data/pipeline.py)."""
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
-    a, b = (training.train("pixelnet", labelled_records, str(tmp_path / k), cfg, 7, epochs=2, steps_per_epoch=2,
-                           verbose=0) for k in "ab")
+    a, b = (
+        training.train(
+            "pixelnet", labelled_records, str(tmp_path / k), cfg, 7, epochs=2, steps_per_epoch=2, verbose=0
+        )
+        for k in "ab"
+    )
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(x, y)
     cfg.experiment.seed = 1
-    c = training.train("pixelnet", labelled_records, str(tmp_path / "c"), cfg, 7, epochs=2, steps_per_epoch=2, verbose=0)
+    c = training.train(
+        "pixelnet", labelled_records, str(tmp_path / "c"), cfg, 7, epochs=2, steps_per_epoch=2, verbose=0
+    )
     assert any(not np.array_equal(x, y) for x, y in zip(a.get_weights(), c.get_weights()))

@@ -1,7 +1,6 @@
 import numpy as np
 
-from mcof_tf.vision.saliency import (max_f_measure, precision_recall, robust_background_saliency,
-                                     saliency_mae)
+from mcof_tf.vision.saliency import max_f_measure, precision_recall, robust_background_saliency, saliency_mae
 from mcof_tf.vision.superpixels import relabel_raster, scaled_params, superpixels
 
 

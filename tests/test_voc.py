@@ -3,12 +3,21 @@ import os
 
 import numpy as np
 import pytest
+from conftest import list_ids
 from PIL import Image
 
-from mcof_tf.data.voc import (VOC_CLASSES, DatasetError, RejectedInput, VocDataset, check_id, decode_image,
-                              decode_label_png, parse_tags_xml, tags_from_mask, voc_palette)
-
-from conftest import list_ids
+from mcof_tf.data.voc import (
+    VOC_CLASSES,
+    DatasetError,
+    RejectedInput,
+    VocDataset,
+    check_id,
+    decode_image,
+    decode_label_png,
+    parse_tags_xml,
+    tags_from_mask,
+    voc_palette,
+)
 
 
 def _encode(im: Image.Image, fmt: str) -> bytes:
@@ -40,7 +49,11 @@ def test_plain_ids_pass():
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16"])
 def test_images_of_other_modes_are_converted(mode):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8))
-    im = rgb.convert(mode) if mode != "I;16" else Image.fromarray((np.arange(99).reshape(9, 11) * 600).astype(np.uint16))
+    im = (
+        rgb.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((np.arange(99).reshape(9, 11) * 600).astype(np.uint16))
+    )
     fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"
     arr, got_fmt, got_mode = decode_image(_encode(im, fmt))
     assert arr.shape == (9, 11, 3) and arr.dtype == np.uint8
@@ -85,8 +98,10 @@ def test_label_png_out_of_range_and_unknown_colour():
 
 
 def test_xml_tags_and_unknown_class():
-    xml = b"<annotation><object><name>dog</name></object><object><name>cat</name></object>" \
-          b"<object><name>dog</name></object></annotation>"
+    xml = (
+        b"<annotation><object><name>dog</name></object><object><name>cat</name></object>"
+        b"<object><name>dog</name></object></annotation>"
+    )
     assert parse_tags_xml(xml, VOC_CLASSES) == [8, 12]
     with pytest.raises(RejectedInput, match="'zebra'"):
         parse_tags_xml(b"<annotation><object><name>zebra</name></object></annotation>", VOC_CLASSES)

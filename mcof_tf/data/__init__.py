@@ -1,4 +1,5 @@
 """Datasets (VOC layout, the embedded benchmark), the TFRecord schema and tf.data pipelines."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,10 @@ def ensure_dataset(data_cfg, root: str | None = None) -> str:
         spec = data_cfg.synthetic
         if not synthetic.is_complete(root, spec):
             if os.path.exists(os.path.join(root, synthetic.MARKER)):
-                raise FileExistsError(f"{root} holds the benchmark generated with other parameters than "
-                                      "data.synthetic; delete it or point data.root elsewhere")
+                raise FileExistsError(
+                    f"{root} holds the benchmark generated with other parameters than "
+                    "data.synthetic; delete it or point data.root elsewhere"
+                )
             if os.path.isdir(os.path.join(root, "JPEGImages")):
                 return root  # a real dataset put where the benchmark would go: use it as it is
             log.info(f"generating the embedded benchmark in {root} ...")

@@ -8,9 +8,11 @@ seed fixes data order and augmentation, whatever iterators are made or resumed.
 Padding values: image 0 (after mean subtraction, i.e. the mean colour), labels and ground truth 255
 (ignored by the losses), saliency 0, superpixels -1 (no superpixel).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import tensorflow as tf
 
@@ -65,8 +67,10 @@ def augment(ex: dict, seed, crop_size: int, min_scale: float, max_scale: float, 
         dtype = x3.dtype  # nearest keeps integer maps exact; bilinear is only used on float maps
         x3 = tf.cast(tf.image.resize(x3, [nh, nw], method=method), dtype)
         # pad bottom/right up to the crop size with the map's "nothing here" value
-        x3 = tf.pad(x3 - tf.cast(pad_value, dtype), [[0, ph - nh], [0, pw - nw], [0, 0]]) + tf.cast(pad_value, dtype)
-        x3 = x3[oy:oy + crop_size, ox:ox + crop_size]
+        x3 = tf.pad(x3 - tf.cast(pad_value, dtype), [[0, ph - nh], [0, pw - nw], [0, 0]]) + tf.cast(
+            pad_value, dtype
+        )
+        x3 = x3[oy : oy + crop_size, ox : ox + crop_size]
         x3 = tf.cond(do_flip, lambda: tf.reverse(x3, [1]), lambda: x3)
         x3 = tf.ensure_shape(x3, [crop_size, crop_size, x3.shape[-1]])
         return x3[..., 0] if squeeze else x3
@@ -79,10 +83,22 @@ def augment(ex: dict, seed, crop_size: int, min_scale: float, max_scale: float, 
     return out
 
 
-def make_dataset(pattern: str, num_classes: int, *, batch_size: int, training: bool,
-                 crop_size: int = 321, min_scale: float = 0.7, max_scale: float = 1.3, flip: bool = True,
-                 mean_rgb: Sequence[float] = (123.68, 116.779, 103.939), shuffle_buffer: int = 512,
-                 seed: int = 0, repeat: Optional[bool] = None, shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
+def make_dataset(
+    pattern: str,
+    num_classes: int,
+    *,
+    batch_size: int,
+    training: bool,
+    crop_size: int = 321,
+    min_scale: float = 0.7,
+    max_scale: float = 1.3,
+    flip: bool = True,
+    mean_rgb: Sequence[float] = (123.68, 116.779, 103.939),
+    shuffle_buffer: int = 512,
+    seed: int = 0,
+    repeat: Optional[bool] = None,
+    shard: tuple[int, int] = (1, 0),
+) -> tf.data.Dataset:
     """Batches of dicts (image, tags, labels, groundtruth, saliency, superpixels, id, ...).
 
     training=True: shuffled (files and examples), augmented to crop_size², repeated, fixed-size batches.
@@ -99,14 +115,21 @@ def make_dataset(pattern: str, num_classes: int, *, batch_size: int, training: b
         if training:
             names = tf.random.experimental.stateless_shuffle(names, seed=epoch_seed)
         ds = tf.data.Dataset.from_tensor_slices(names).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True)
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         if shard[0] > 1:
             ds = ds.shard(*shard)
         if training:
             ds = tf.data.Dataset.zip((ds.batch(shuffle_buffer), tf.data.Dataset.counter())).flat_map(
-                lambda block, i: tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
-                    block, seed=tf.random.experimental.stateless_fold_in(epoch_seed, i))))
+                lambda block, i: tf.data.Dataset.from_tensor_slices(
+                    tf.random.experimental.stateless_shuffle(
+                        block, seed=tf.random.experimental.stateless_fold_in(epoch_seed, i)
+                    )
+                )
+            )
         return ds
 
     # Every random choice is a function of (seed, epoch, position), never of iterator state: a new
@@ -116,26 +139,61 @@ def make_dataset(pattern: str, num_classes: int, *, batch_size: int, training: b
     repeated = repeat if repeat is not None else training
     epochs = tf.data.Dataset.counter() if repeated else tf.data.Dataset.range(1)
     ds = epochs.flat_map(examples)
-    ds = ds.map(lambda s: _to_float_maps(records.decode_example(s, num_classes), mean_rgb),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda s: _to_float_maps(records.decode_example(s, num_classes), mean_rgb),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if training:
         position = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
         ds = tf.data.Dataset.zip((ds, position)).map(
             lambda ex, s: augment(ex, s, crop_size, min_scale, max_scale, flip),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
-        ds = ds.padded_batch(batch_size, padding_values={
-            "id": "", "image": 0.0, "tags": 0.0, "superpixels": -1, "saliency": 0.0,
-            "groundtruth": IGNORE_LABEL, "has_groundtruth": False, "labels": IGNORE_LABEL, "has_labels": False,
-        })
+        ds = ds.padded_batch(
+            batch_size,
+            padding_values={
+                "id": "",
+                "image": 0.0,
+                "tags": 0.0,
+                "superpixels": -1,
+                "saliency": 0.0,
+                "groundtruth": IGNORE_LABEL,
+                "has_groundtruth": False,
+                "labels": IGNORE_LABEL,
+                "has_labels": False,
+            },
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def dataset_from_config(pattern: str, num_classes: int, input_cfg, *, training: bool, batch_size: int,
-                        seed: int = 0, repeat: Optional[bool] = None, shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
+def dataset_from_config(
+    pattern: str,
+    num_classes: int,
+    input_cfg,
+    *,
+    training: bool,
+    batch_size: int,
+    seed: int = 0,
+    repeat: Optional[bool] = None,
+    shard: tuple[int, int] = (1, 0),
+) -> tf.data.Dataset:
     """`make_dataset` with the settings of a config's `input:` section."""
-    return make_dataset(pattern, num_classes, batch_size=batch_size, training=training,
-                        crop_size=input_cfg.crop_size, min_scale=input_cfg.min_scale,
-                        max_scale=input_cfg.max_scale, flip=input_cfg.flip, mean_rgb=input_cfg.mean_rgb,
-                        shuffle_buffer=input_cfg.shuffle_buffer, seed=seed, repeat=repeat, shard=shard)
+    return make_dataset(
+        pattern,
+        num_classes,
+        batch_size=batch_size,
+        training=training,
+        crop_size=input_cfg.crop_size,
+        min_scale=input_cfg.min_scale,
+        max_scale=input_cfg.max_scale,
+        flip=input_cfg.flip,
+        mean_rgb=input_cfg.mean_rgb,
+        shuffle_buffer=input_cfg.shuffle_buffer,
+        seed=seed,
+        repeat=repeat,
+        shard=shard,
+    )

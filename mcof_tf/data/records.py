@@ -20,6 +20,7 @@ One `tf.train.Example` per image:
 Two readers share these keys: `parse_example` (numpy, for Beam DoFns and evaluation) and
 `decode_example` (TensorFlow ops, for tf.data pipelines).
 """
+
 from __future__ import annotations
 
 import io
@@ -70,6 +71,7 @@ def _png_array(data: bytes) -> np.ndarray:
 @dataclass
 class Record:
     """The numpy view of one example."""
+
     id: str
     image_encoded: bytes
     image_format: str
@@ -117,8 +119,12 @@ def encode(rec: Record) -> bytes:
     import tensorflow as tf
 
     h, w = rec.height, rec.width
-    for name, arr in (("superpixels", rec.superpixels), ("saliency", rec.saliency),
-                      ("groundtruth", rec.groundtruth), ("labels", rec.labels)):
+    for name, arr in (
+        ("superpixels", rec.superpixels),
+        ("saliency", rec.saliency),
+        ("groundtruth", rec.groundtruth),
+        ("labels", rec.labels),
+    ):
         if arr is not None and arr.shape != (h, w):
             raise ValueError(f"{rec.id}: {name} is {arr.shape}, the image is {(h, w)}")
     n = rec.num_superpixels
@@ -236,8 +242,9 @@ def decode_example(serialized, num_classes: int) -> dict:
     void = tf.fill([h, w], tf.constant(IGNORE_LABEL, tf.uint8))
 
     def optional_png(data):
-        return tf.cond(tf.strings.length(data) > 0,
-                       lambda: tf.io.decode_png(data, channels=1)[..., 0], lambda: void)
+        return tf.cond(
+            tf.strings.length(data) > 0, lambda: tf.io.decode_png(data, channels=1)[..., 0], lambda: void
+        )
 
     sp_labels = tf.sparse.to_dense(ex[SUPERPIXEL_LABELS])
     has_pixel_labels = tf.strings.length(ex[LABELS]) > 0
@@ -245,8 +252,9 @@ def decode_example(serialized, num_classes: int) -> dict:
     labels = tf.cond(
         has_pixel_labels,
         lambda: tf.io.decode_png(ex[LABELS], channels=1)[..., 0],
-        lambda: tf.cond(has_sp_labels,
-                        lambda: tf.cast(tf.gather(sp_labels, superpixels), tf.uint8), lambda: void),
+        lambda: tf.cond(
+            has_sp_labels, lambda: tf.cast(tf.gather(sp_labels, superpixels), tf.uint8), lambda: void
+        ),
     )
     return {
         "id": ex[ID],

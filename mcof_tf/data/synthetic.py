@@ -23,6 +23,7 @@ Each image is drawn from its own `numpy.random.default_rng([seed, index])`, so t
 for a seed whatever order or process builds it. The root is written to a temporary folder and renamed
 into place when complete, so a half-written dataset is never used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ import shutil
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -41,13 +42,25 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw, segmentation, transform
 
+from mcof_tf import log as log_setup
 from mcof_tf.config import SyntheticConfig as SyntheticSpec  # the generator's parameters are the config's
 from mcof_tf.data.voc import IGNORE_LABEL, voc_palette
-from mcof_tf import log as log_setup
 
 log = logging.getLogger(__name__)
 
-ALL_CLASSES = ("background", "beetle", "crab", "kite", "lamp", "snail", "turtle", "frog", "moth", "shell", "vase")
+ALL_CLASSES = (
+    "background",
+    "beetle",
+    "crab",
+    "kite",
+    "lamp",
+    "snail",
+    "turtle",
+    "frog",
+    "moth",
+    "shell",
+    "vase",
+)
 CLASSES = ALL_CLASSES[:7]  # the default benchmark's (data.synthetic.num_classes: 6)
 GENERATOR_VERSION = 2
 MARKER = ".complete"
@@ -55,36 +68,64 @@ MARKER = ".complete"
 # body texture and hue per class: pairs (beetle, crab), (kite, lamp), (snail, turtle), (frog, moth),
 # (shell, vase) share a texture and have close hues, so bodies alone barely tell the classes of a pair
 # apart: the badge does, and a classifier's CAM is strongest there.
-_BODY = {1: ("brick", 0.02), 2: ("brick", 0.07), 3: ("gravel", 0.58), 4: ("gravel", 0.63),
-         5: ("grass", 0.30), 6: ("grass", 0.35), 7: ("moon", 0.80), 8: ("moon", 0.85),
-         9: ("cell", 0.12), 10: ("cell", 0.17)}
+_BODY = {
+    1: ("brick", 0.02),
+    2: ("brick", 0.07),
+    3: ("gravel", 0.58),
+    4: ("gravel", 0.63),
+    5: ("grass", 0.30),
+    6: ("grass", 0.35),
+    7: ("moon", 0.80),
+    8: ("moon", 0.85),
+    9: ("cell", 0.12),
+    10: ("cell", 0.17),
+}
 # body outline per class
-_SHAPE = {1: "ellipse", 2: "blob", 3: "diamond", 4: "rectangle", 5: "ellipse", 6: "blob", 7: "blob",
-          8: "diamond", 9: "ellipse", 10: "rectangle"}
+_SHAPE = {
+    1: "ellipse",
+    2: "blob",
+    3: "diamond",
+    4: "rectangle",
+    5: "ellipse",
+    6: "blob",
+    7: "blob",
+    8: "diamond",
+    9: "ellipse",
+    10: "rectangle",
+}
 # badge: (pattern, colour A, colour B); small and unmistakable
-_BADGE = {1: ("stripes", (250, 220, 20), (20, 20, 20)), 2: ("checker", (240, 30, 200), (255, 255, 255)),
-          3: ("dots", (30, 230, 230), (130, 0, 0)), 4: ("rings", (255, 120, 0), (0, 40, 160)),
-          5: ("checker", (40, 200, 40), (90, 0, 120)), 6: ("stripes", (255, 255, 255), (200, 0, 40)),
-          7: ("dots", (255, 255, 0), (0, 0, 200)), 8: ("rings", (255, 255, 255), (0, 120, 0)),
-          9: ("stripes", (0, 200, 255), (120, 60, 0)), 10: ("checker", (255, 160, 160), (0, 0, 0))}
+_BADGE = {
+    1: ("stripes", (250, 220, 20), (20, 20, 20)),
+    2: ("checker", (240, 30, 200), (255, 255, 255)),
+    3: ("dots", (30, 230, 230), (130, 0, 0)),
+    4: ("rings", (255, 120, 0), (0, 40, 160)),
+    5: ("checker", (40, 200, 40), (90, 0, 120)),
+    6: ("stripes", (255, 255, 255), (200, 0, 40)),
+    7: ("dots", (255, 255, 0), (0, 0, 200)),
+    8: ("rings", (255, 255, 255), (0, 120, 0)),
+    9: ("stripes", (0, 200, 255), (120, 60, 0)),
+    10: ("checker", (255, 160, 160), (0, 0, 0)),
+}
 # background sets: colour photographs, or greyscale ones tinted per image (another kind of clutter)
-_PHOTOS = {"photos": ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"),
-           "grey": ("camera", "coins", "page", "retina", "brick", "moon")}
+_PHOTOS = {
+    "photos": ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"),
+    "grey": ("camera", "coins", "page", "retina", "brick", "moon"),
+}
 
 
 def classes(spec: SyntheticSpec) -> tuple[str, ...]:
     """Class names of the dataset `spec` describes, background first."""
-    return ALL_CLASSES[:spec.num_classes + 1]
+    return ALL_CLASSES[: spec.num_classes + 1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """A grayscale texture in [0, 1] at 256x256 (downscaled so that its grain suits small images)."""
     img = getattr(skdata, name)().astype(np.float64) / 255.0
     return transform.resize(img, (256, 256), anti_aliasing=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     img = getattr(skdata, name)().astype(np.float64) / 255.0
     return img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)
@@ -102,11 +143,20 @@ def _crop(tex: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.ndarr
     big = np.tile(tex, reps) if max(reps) > 1 else tex
     y = rng.integers(0, big.shape[0] - h + 1)
     x = rng.integers(0, big.shape[1] - w + 1)
-    return big[y:y + h, x:x + w]
+    return big[y : y + h, x : x + w]
 
 
-def _shape_mask(kind: str, h: int, w: int, cy: float, cx: float, ry: float, rx: float, angle: float,
-                rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(
+    kind: str,
+    h: int,
+    w: int,
+    cy: float,
+    cx: float,
+    ry: float,
+    rx: float,
+    angle: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     mask = np.zeros((h, w), bool)
     if kind == "ellipse":
         rr, cc = draw.ellipse(cy, cx, ry, rx, shape=(h, w), rotation=angle)
@@ -119,7 +169,12 @@ def _shape_mask(kind: str, h: int, w: int, cy: float, cx: float, ry: float, rx: 
     else:  # blob: a star-convex polygon with a smooth random radius
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         phase = rng.uniform(0, 2 * np.pi, 3)
-        r = 1 + 0.18 * np.sin(2 * t + phase[0]) + 0.12 * np.sin(3 * t + phase[1]) + 0.06 * np.sin(5 * t + phase[2])
+        r = (
+            1
+            + 0.18 * np.sin(2 * t + phase[0])
+            + 0.12 * np.sin(3 * t + phase[1])
+            + 0.06 * np.sin(5 * t + phase[2])
+        )
         corners = np.stack([ry * r * np.sin(t), rx * r * np.cos(t)], 1)
         rr, cc = _rotated_polygon(corners, cy, cx, angle, h, w)
     mask[rr, cc] = True
@@ -176,8 +231,17 @@ def render(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, lis
     for _ in range(rng.integers(1, 4)):
         tex = _texture(("camera", "moon", "text", "grass", "gravel")[rng.integers(5)])
         ry, rx = rng.uniform(0.08, 0.2) * h, rng.uniform(0.08, 0.2) * w
-        m = _shape_mask(("ellipse", "rectangle")[rng.integers(2)], h, w, rng.uniform(0, h), rng.uniform(0, w),
-                        ry, rx, rng.uniform(0, np.pi), rng)
+        m = _shape_mask(
+            ("ellipse", "rectangle")[rng.integers(2)],
+            h,
+            w,
+            rng.uniform(0, h),
+            rng.uniform(0, w),
+            ry,
+            rx,
+            rng.uniform(0, np.pi),
+            rng,
+        )
         col = _hsv_colour(rng.uniform(), rng.uniform(0, 0.3), 1.0)
         _paste(canvas, m, _crop(tex, h, w, rng)[..., None] * col * rng.uniform(0.5, 0.9))
 
@@ -186,16 +250,26 @@ def render(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, lis
     if rng.uniform() < 0.6:
         cls = [int(rng.integers(1, num_classes + 1))] * int(rng.integers(1, 3))
     else:
-        cls = [int(c) for c in rng.choice(np.arange(1, num_classes + 1), int(rng.integers(2, 4)), replace=False)]
+        cls = [
+            int(c) for c in rng.choice(np.arange(1, num_classes + 1), int(rng.integers(2, 4)), replace=False)
+        ]
 
     # a salient distractor, drawn before or after the objects
     distractor_first = rng.uniform() < 0.5
     has_distractor = rng.uniform() < spec.distractors
 
     def distractor():
-        m = _shape_mask(("ellipse", "blob", "rectangle")[rng.integers(3)], h, w, rng.uniform(0.15, 0.85) * h,
-                        rng.uniform(0.15, 0.85) * w, rng.uniform(0.1, 0.22) * min(h, w),
-                        rng.uniform(0.1, 0.22) * min(h, w), rng.uniform(0, np.pi), rng)
+        m = _shape_mask(
+            ("ellipse", "blob", "rectangle")[rng.integers(3)],
+            h,
+            w,
+            rng.uniform(0.15, 0.85) * h,
+            rng.uniform(0.15, 0.85) * w,
+            rng.uniform(0.1, 0.22) * min(h, w),
+            rng.uniform(0.1, 0.22) * min(h, w),
+            rng.uniform(0, np.pi),
+            rng,
+        )
         col = _hsv_colour(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.85, 1.0))
         shade = 0.85 + 0.15 * _crop(_texture("moon"), h, w, rng)[..., None]
         _paste(canvas, m, col * shade)
@@ -226,7 +300,9 @@ def render(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, lis
         by = 0.55 * ys[pick] + 0.45 * cy
         bx = 0.55 * xs[pick] + 0.45 * cx
         br = max(2.5, rng.uniform(0.25, 0.35) * min(ry, rx))
-        badge = _shape_mask("ellipse", h, w, by, bx, br, br * rng.uniform(0.8, 1.2), rng.uniform(0, np.pi), rng)
+        badge = _shape_mask(
+            "ellipse", h, w, by, bx, br, br * rng.uniform(0.8, 1.2), rng.uniform(0, np.pi), rng
+        )
         badge &= ndimage.binary_erosion(body, iterations=1)
         kind, a, b = _BADGE[c]
         _paste(canvas, badge, _badge_pattern(kind, h, w, a, b, period=max(1.5, br / 2.5)), soft=0.4)
@@ -267,7 +343,7 @@ def _annotation_xml(image_id: str, h: int, w: int, objects: list[dict]) -> bytes
 
 def _ids(spec: SyntheticSpec) -> dict[str, list[str]]:
     ids = [f"syn_{i:06d}" for i in range(spec.num_train + spec.num_val)]
-    return {"train": ids[:spec.num_train], "val": ids[spec.num_train:]}
+    return {"train": ids[: spec.num_train], "val": ids[spec.num_train :]}
 
 
 def _marker(spec: SyntheticSpec) -> dict:
@@ -303,7 +379,9 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
     if is_complete(root, spec):
         return root
     if os.path.exists(root) and os.listdir(root):
-        raise FileExistsError(f"{root} exists and holds something other than this benchmark; choose another --out")
+        raise FileExistsError(
+            f"{root} exists and holds something other than this benchmark; choose another --out"
+        )
     tmp = root.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", os.path.join("ImageSets", "Segmentation")):
@@ -315,7 +393,9 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
         image, label, objects = render(spec, i)
         h, w = label.shape
         rng = np.random.default_rng([spec.seed, i, 1])
-        Image.fromarray(image).save(os.path.join(tmp, "JPEGImages", f"{image_id}.jpg"), quality=int(rng.integers(85, 96)))
+        Image.fromarray(image).save(
+            os.path.join(tmp, "JPEGImages", f"{image_id}.jpg"), quality=int(rng.integers(85, 96))
+        )
         m = Image.fromarray(label, mode="P")
         m.putpalette(pal)
         m.save(os.path.join(tmp, "SegmentationClass", f"{image_id}.png"))
@@ -347,16 +427,35 @@ def main(argv=None) -> int:
     p.add_argument("--min-side", type=int, default=defaults.min_side)
     p.add_argument("--max-side", type=int, default=defaults.max_side)
     p.add_argument("--num-classes", type=int, default=defaults.num_classes, help="object classes, 2..10")
-    p.add_argument("--object-scale", type=float, nargs=2, default=defaults.object_scale, metavar=("MIN", "MAX"),
-                   help="body radius of a lone object / shorter image side")
+    p.add_argument(
+        "--object-scale",
+        type=float,
+        nargs=2,
+        default=defaults.object_scale,
+        metavar=("MIN", "MAX"),
+        help="body radius of a lone object / shorter image side",
+    )
     p.add_argument("--backgrounds", choices=sorted(_PHOTOS), default=defaults.backgrounds)
-    p.add_argument("--distractors", type=float, default=defaults.distractors,
-                   help="share of images with a salient distractor")
+    p.add_argument(
+        "--distractors",
+        type=float,
+        default=defaults.distractors,
+        help="share of images with a salient distractor",
+    )
     log_setup.add_verbose_flag(p)
     a = p.parse_args(argv)
     log_setup.setup(a.verbose)
-    spec = SyntheticSpec(a.seed, a.num_train, a.num_val, a.min_side, a.max_side, a.num_classes,
-                         list(a.object_scale), a.backgrounds, a.distractors)
+    spec = SyntheticSpec(
+        a.seed,
+        a.num_train,
+        a.num_val,
+        a.min_side,
+        a.max_side,
+        a.num_classes,
+        list(a.object_scale),
+        a.backgrounds,
+        a.distractors,
+    )
     try:
         check_spec(spec)
     except ValueError as e:

@@ -13,21 +13,41 @@ Tags come from the XML when there is one, else from the ground-truth mask. Per-i
 file, bad classes.txt) raise `DatasetError`. Files are read through `tf.io.gfile`, so a root may also
 be a `gs://` path.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 )
 IGNORE_LABEL = 255  # VOC's "void": unlabelled / not scored, everywhere in the project
@@ -172,13 +192,16 @@ def read_classes(path: str) -> list[str]:
     if len(set(names)) != len(names):
         raise DatasetError(f"{path} lists a class twice")
     if len(names) > IGNORE_LABEL:
-        raise DatasetError(f"{path} lists {len(names)} classes; at most {IGNORE_LABEL} fit in a uint8 label map")
+        raise DatasetError(
+            f"{path} lists {len(names)} classes; at most {IGNORE_LABEL} fit in a uint8 label map"
+        )
     return names
 
 
 @dataclass
 class Sample:
     """One decoded dataset entry."""
+
     id: str
     image: np.ndarray  # H×W×3 uint8 RGB
     encoded: bytes  # the file's bytes (re-encoded as PNG when it had to be converted)
@@ -191,7 +214,12 @@ class Sample:
 class VocDataset:
     """Reader of one VOC-layout root."""
 
-    def __init__(self, root: str, classes: Sequence[str] = (), mask_dirs: Sequence[str] = ("SegmentationClassAug", "SegmentationClass")):
+    def __init__(
+        self,
+        root: str,
+        classes: Sequence[str] = (),
+        mask_dirs: Sequence[str] = ("SegmentationClassAug", "SegmentationClass"),
+    ):
         self.root = root.rstrip("/") if _is_url(root) else os.path.abspath(root)
         gfile = _gfile()
         if not gfile.isdir(self.root):
@@ -266,7 +294,8 @@ class VocDataset:
                 gt = decode_label_png(mdata, self.num_classes, f"mask {folder}/{image_id}.png")
                 if gt.shape != (h, w):
                     raise RejectedInput(
-                        f"mask {folder}/{image_id}.png is {gt.shape[1]}x{gt.shape[0]} but the image is {w}x{h}")
+                        f"mask {folder}/{image_id}.png is {gt.shape[1]}x{gt.shape[0]} but the image is {w}x{h}"
+                    )
                 break
 
         xml = self._read(self.path("Annotations", image_id, ".xml"))
@@ -290,7 +319,10 @@ class VocDataset:
             sal = np.asarray(sal_im.convert("L"), dtype=np.uint8)
             if sal.shape != (h, w):
                 raise RejectedInput(
-                    f"saliency Saliency/{image_id}.png is {sal.shape[1]}x{sal.shape[0]} but the image is {w}x{h}")
+                    f"saliency Saliency/{image_id}.png is {sal.shape[1]}x{sal.shape[0]} but the image is {w}x{h}"
+                )
         elif need_saliency:
-            raise RejectedInput(f"saliency Saliency/{image_id}.png does not exist (saliency.method is 'dataset')")
+            raise RejectedInput(
+                f"saliency Saliency/{image_id}.png does not exist (saliency.method is 'dataset')"
+            )
         return Sample(image_id, image, encoded, fmt_out, tags, gt, sal)

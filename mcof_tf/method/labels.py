@@ -1,7 +1,9 @@
 """Label rules shared by the stages: tags enforced, per-superpixel labels, majority votes."""
+
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import numpy as np
 
@@ -15,8 +17,9 @@ def drop_absent_classes(labels: np.ndarray, tags: Iterable[int]) -> np.ndarray:
     return np.where(keep[labels], labels, 0).astype(labels.dtype)
 
 
-def tag_argmax(scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "restrict",
-               keep_tags: bool = False) -> np.ndarray:
+def tag_argmax(
+    scores: np.ndarray, tags: Optional[Iterable[int]], rule: str = "restrict", keep_tags: bool = False
+) -> np.ndarray:
     """Class of highest score along the last axis, with the image's tags enforced.
 
     rule "restrict": only background and the tagged classes compete (a body that RegionNet finds

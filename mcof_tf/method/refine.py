@@ -13,6 +13,7 @@ object's still-missing parts into p(v|bg), which are exactly the parts refinemen
 posterior is binarised with a dense CRF; the refined region is the CRF's object plus the RegionNet
 region it supplements.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,13 +21,18 @@ import numpy as np
 from mcof_tf.vision.crf import dense_crf
 
 
-def colour_likelihoods(image: np.ndarray, object_mask: np.ndarray, background_mask: np.ndarray | None = None,
-                       bins: int = 8, alpha: float = 0.1):
+def colour_likelihoods(
+    image: np.ndarray,
+    object_mask: np.ndarray,
+    background_mask: np.ndarray | None = None,
+    bins: int = 8,
+    alpha: float = 0.1,
+):
     """(p(v|obj), p(v|bg)) per pixel from colour histograms of the object and background regions
     (background: everything outside the object when not given)."""
-    q = (image.astype(np.int64) * bins // 256)
+    q = image.astype(np.int64) * bins // 256
     cell = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-    n = bins ** 3
+    n = bins**3
     background_mask = ~object_mask if background_mask is None else background_mask
     h_obj = np.bincount(cell[object_mask], minlength=n) + alpha
     h_bg = np.bincount(cell[background_mask], minlength=n) + alpha
@@ -39,8 +45,9 @@ def object_posterior(saliency: np.ndarray, p_v_obj: np.ndarray, p_v_bg: np.ndarr
     return num / np.maximum(num + (1.0 - saliency) * p_v_bg, 1e-12)
 
 
-def refine_single_tag(image: np.ndarray, saliency: np.ndarray, region_labels: np.ndarray, tag: int,
-                      use_crf: bool = True) -> np.ndarray:
+def refine_single_tag(
+    image: np.ndarray, saliency: np.ndarray, region_labels: np.ndarray, tag: int, use_crf: bool = True
+) -> np.ndarray:
     """Refined pixel labels (uint8: `tag` or 0) of a single-tag image.
 
     image H×W×3 uint8; saliency H×W uint8; region_labels H×W (RegionNet's labels, tags enforced).

@@ -5,9 +5,10 @@ its averaged score is a local maximum among its neighbours (and not negligible) 
 threshold; when several classes claim it, the higher score wins. Untagged classes never seed.
 Superpixels where every tagged class scores low are background; the rest stay unlabelled (255).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,8 +24,14 @@ def local_maxima(scores: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return scores >= best_neighbour
 
 
-def cam_seeds(cams: np.ndarray, superpixels: np.ndarray, tags: Sequence[int], fg_threshold: float = 0.5,
-              bg_threshold: float = 0.1, peak_min: float = 0.3) -> np.ndarray:
+def cam_seeds(
+    cams: np.ndarray,
+    superpixels: np.ndarray,
+    tags: Sequence[int],
+    fg_threshold: float = 0.5,
+    bg_threshold: float = 0.1,
+    peak_min: float = 0.3,
+) -> np.ndarray:
     """Per-superpixel seed labels (int64, n) from CAMs.
 
     cams: H×W×(C-1) in [0, 1], channel k for class k+1. superpixels: H×W ids 0..n-1. tags: class indices.
@@ -39,7 +46,9 @@ def cam_seeds(cams: np.ndarray, superpixels: np.ndarray, tags: Sequence[int], fg
     pairs = adjacent_pairs(superpixels)
     claim = np.zeros_like(means, bool)
     for k in range(len(tags)):
-        claim[:, k] = (local_maxima(means[:, k], pairs) & (means[:, k] >= peak_min)) | (means[:, k] >= fg_threshold)
+        claim[:, k] = (local_maxima(means[:, k], pairs) & (means[:, k] >= peak_min)) | (
+            means[:, k] >= fg_threshold
+        )
     score = np.where(claim, means, -1.0)
     winner = score.argmax(1)
     seeded = claim.any(1)

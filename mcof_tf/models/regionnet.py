@@ -9,6 +9,7 @@ Superpixels are given as the image-resolution id map (ids 0..n-1, -1 = none), an
 logits for region ids 0..max_regions-1 of every image, so no ragged inputs are needed; ids that do not
 occur in an image get a zero feature and must carry the ignore label.
 """
+
 from __future__ import annotations
 
 import keras
@@ -59,18 +60,22 @@ class MaskedRoIPooling(layers.Layer):
         present = seg_reduce(tf.math.unsorted_segment_sum, tf.ones_like(sp)) > 0
         denom_y = tf.cast(tf.maximum(h - 1, 1), tf.float32)
         denom_x = tf.cast(tf.maximum(w - 1, 1), tf.float32)
-        boxes = tf.stack([
-            seg_reduce(tf.math.unsorted_segment_min, ys) / denom_y,
-            seg_reduce(tf.math.unsorted_segment_min, xs) / denom_x,
-            seg_reduce(tf.math.unsorted_segment_max, ys) / denom_y,
-            seg_reduce(tf.math.unsorted_segment_max, xs) / denom_x,
-        ], axis=1)
+        boxes = tf.stack(
+            [
+                seg_reduce(tf.math.unsorted_segment_min, ys) / denom_y,
+                seg_reduce(tf.math.unsorted_segment_min, xs) / denom_x,
+                seg_reduce(tf.math.unsorted_segment_max, ys) / denom_y,
+                seg_reduce(tf.math.unsorted_segment_max, xs) / denom_x,
+            ],
+            axis=1,
+        )
         boxes = tf.where(present[:, None], boxes, 0.0)  # absent regions: a dummy box, masked below
         box_images = tf.repeat(tf.range(b), r)
         size = self.pool_size * self.sampling_ratio
         crops = tf.image.crop_and_resize(features, boxes, box_images, [size, size], method="bilinear")
-        ids = tf.image.crop_and_resize(tf.cast(sp, tf.float32)[..., None], boxes, box_images, [size, size],
-                                       method="nearest")
+        ids = tf.image.crop_and_resize(
+            tf.cast(sp, tf.float32)[..., None], boxes, box_images, [size, size], method="nearest"
+        )
         region_id = tf.cast(tf.tile(tf.range(r), [b]), tf.float32)
         inside = (ids[..., 0] == region_id[:, None, None]) & present[:, None, None]
         crops = crops * tf.cast(inside, crops.dtype)[..., None]
@@ -85,14 +90,28 @@ class MaskedRoIPooling(layers.Layer):
         return (features_shape[0], self.max_regions, self.pool_size, self.pool_size, features_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": self.pool_size, "max_regions": self.max_regions,
-                "sampling_ratio": self.sampling_ratio}
+        return {
+            **super().get_config(),
+            "pool_size": self.pool_size,
+            "max_regions": self.max_regions,
+            "sampling_ratio": self.sampling_ratio,
+        }
 
 
-def build_regionnet(num_classes: int, backbone: str = "vgg16", width: float = 1.0, weights: str = "none",
-                    weight_decay: float = 0.0, max_regions: int = 256, pool_size: int = 7, sampling_ratio: int = 2,
-                    fc_units: int = 1024, dropout: float = 0.5, batch_norm: bool = False,
-                    name: str = "regionnet") -> keras.Model:
+def build_regionnet(
+    num_classes: int,
+    backbone: str = "vgg16",
+    width: float = 1.0,
+    weights: str = "none",
+    weight_decay: float = 0.0,
+    max_regions: int = 256,
+    pool_size: int = 7,
+    sampling_ratio: int = 2,
+    fc_units: int = 1024,
+    dropout: float = 0.5,
+    batch_norm: bool = False,
+    name: str = "regionnet",
+) -> keras.Model:
     """{image (B, H, W, 3), superpixels (B, H, W)} → logits (B, max_regions, num_classes)."""
     image = keras.Input((None, None, 3), name="image")
     superpixels = keras.Input((None, None), dtype="int32", name="superpixels")
@@ -103,14 +122,20 @@ def build_regionnet(num_classes: int, backbone: str = "vgg16", width: float = 1.
     for i in (1, 2):
         x = layers.Dense(fc_units, activation="relu", kernel_regularizer=reg, name=f"region_fc{i}")(x)
         x = layers.Dropout(dropout, name=f"region_drop{i}")(x)
-    logits = layers.Dense(num_classes, kernel_regularizer=reg,
-                          kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name=CLASSIFIER)(x)
+    logits = layers.Dense(
+        num_classes,
+        kernel_regularizer=reg,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        name=CLASSIFIER,
+    )(x)
     model = keras.Model({"image": image, "superpixels": superpixels}, logits, name=name)
     load_backbone_weights(model, backbone, weights)
     return model
 
 
-def region_labels(pixel_labels, superpixels, max_regions: int, num_classes: int, ignore_label: int = IGNORE_LABEL):
+def region_labels(
+    pixel_labels, superpixels, max_regions: int, num_classes: int, ignore_label: int = IGNORE_LABEL
+):
     """Majority vote of the labelled pixels of each superpixel → (B, max_regions) int32, `ignore_label`
     for regions with no labelled pixel (or absent). How seeds, RegionNet targets and PixelNet masks
     (Algorithm 1, line 11) become per-superpixel labels."""
@@ -119,8 +144,9 @@ def region_labels(pixel_labels, superpixels, max_regions: int, num_classes: int,
     b = tf.shape(sp)[0]
     ok = (sp >= 0) & (sp < max_regions) & (lab != ignore_label) & (lab >= 0) & (lab < num_classes)
     seg = tf.where(ok, sp + tf.range(b)[:, None, None] * max_regions, b * max_regions)
-    votes = tf.math.unsorted_segment_sum(tf.one_hot(tf.where(ok, lab, 0), num_classes), tf.reshape(seg, tf.shape(lab)),
-                                         b * max_regions + 1)[:-1]
+    votes = tf.math.unsorted_segment_sum(
+        tf.one_hot(tf.where(ok, lab, 0), num_classes), tf.reshape(seg, tf.shape(lab)), b * max_regions + 1
+    )[:-1]
     winner = tf.cast(tf.argmax(votes, axis=-1), tf.int32)
     winner = tf.where(tf.reduce_sum(votes, -1) > 0, winner, ignore_label)
     return tf.reshape(winner, [b, max_regions])

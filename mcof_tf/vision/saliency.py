@@ -7,6 +7,7 @@ and a small quadratic program smooths the two cues over the region graph. It nee
 handles objects that touch the border, which a plain "border = background" prior does not.
 Replace it with external maps (e.g. DRFI, as in the paper) by putting them in `ROOT/Saliency/<id>.png`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,9 @@ def robust_background_saliency(image: np.ndarray, n_segments: int = 200) -> np.n
     d_app_edge = np.linalg.norm(colour[edges[:, 0]] - colour[edges[:, 1]], axis=1)
     border = np.unique(np.concatenate([seg[0], seg[-1], seg[:, 0], seg[:, -1]]))
     # Border regions are linked to each other at no cost: the border acts as one background node.
-    bpairs = np.array([(a, b) for i, a in enumerate(border) for b in border[i + 1:]], dtype=np.int64).reshape(-1, 2)
+    bpairs = np.array(
+        [(a, b) for i, a in enumerate(border) for b in border[i + 1 :]], dtype=np.int64
+    ).reshape(-1, 2)
     rows = np.concatenate([edges[:, 0], bpairs[:, 0]])
     cols = np.concatenate([edges[:, 1], bpairs[:, 1]])
     # csgraph treats explicit zeros as missing edges; a tiny weight keeps border links.
@@ -53,20 +56,20 @@ def robust_background_saliency(image: np.ndarray, n_segments: int = 200) -> np.n
     graph = coo_matrix((vals, (rows, cols)), shape=(n, n)).tocsr()
     geo = shortest_path(graph, method="D", directed=False)
 
-    sim = np.exp(-geo ** 2 / (2 * SIGMA_CLR ** 2))
+    sim = np.exp(-(geo**2) / (2 * SIGMA_CLR**2))
     area = sim @ count / count.sum() * n  # in units of an average region
     len_bnd = sim[:, border] @ (count[border] / count.sum() * n) ** 0.5
     bndcon = len_bnd / np.sqrt(np.maximum(area, 1e-12))
-    w_bg = 1.0 - np.exp(-bndcon ** 2 / (2 * SIGMA_BNDCON ** 2))
+    w_bg = 1.0 - np.exp(-(bndcon**2) / (2 * SIGMA_BNDCON**2))
 
     d_app = np.linalg.norm(colour[:, None] - colour[None], axis=2)
     d_spa = np.linalg.norm(pos[:, None] - pos[None], axis=2)
-    w_spa = np.exp(-d_spa ** 2 / (2 * SIGMA_SPA ** 2))
+    w_spa = np.exp(-(d_spa**2) / (2 * SIGMA_SPA**2))
     w_fg = (d_app * w_spa) @ w_bg
     w_fg = w_fg / max(w_fg.max(), 1e-12)
 
     # min  sum w_bg s^2 + sum w_fg (1-s)^2 + sum_ij w_ij (s_i - s_j)^2  →  (D_bg + D_fg + L) s = w_fg
-    w_ij = np.exp(-d_app_edge ** 2 / (2 * SIGMA_CLR ** 2)) + MU
+    w_ij = np.exp(-(d_app_edge**2) / (2 * SIGMA_CLR**2)) + MU
     lap = np.zeros((n, n))
     np.add.at(lap, (edges[:, 0], edges[:, 1]), -w_ij)
     np.add.at(lap, (edges[:, 1], edges[:, 0]), -w_ij)
@@ -83,7 +86,9 @@ def saliency_mae(saliency: np.ndarray, foreground: np.ndarray, valid: np.ndarray
     return float(err[valid].mean() if valid is not None else err.mean())
 
 
-def precision_recall(saliency: np.ndarray, foreground: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall(
+    saliency: np.ndarray, foreground: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall of `saliency >= t` for the 256 thresholds t = 0..255 (uint8 saliency)."""
     if valid is None:
         valid = np.ones(foreground.shape, bool)

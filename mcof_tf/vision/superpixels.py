@@ -1,11 +1,14 @@
 """Felzenszwalb–Huttenlocher superpixels (skimage), with parameters scaled to the image size."""
+
 from __future__ import annotations
 
 import numpy as np
 from skimage.segmentation import felzenszwalb
 
 
-def scaled_params(height: int, width: int, scale: float, min_size: int, reference_side: int) -> tuple[float, int]:
+def scaled_params(
+    height: int, width: int, scale: float, min_size: int, reference_side: int
+) -> tuple[float, int]:
     """Felzenszwalb's `scale` and `min_size` for an image of this size.
 
     Both are given for an image whose longer side is `reference_side` and scale linearly with the
@@ -17,8 +20,9 @@ def scaled_params(height: int, width: int, scale: float, min_size: int, referenc
     return max(scale * factor, 1.0), max(int(round(min_size * factor)), 1)
 
 
-def superpixels(image: np.ndarray, scale: float = 100.0, sigma: float = 0.8, min_size: int = 20,
-                reference_side: int = 500) -> np.ndarray:
+def superpixels(
+    image: np.ndarray, scale: float = 100.0, sigma: float = 0.8, min_size: int = 20, reference_side: int = 500
+) -> np.ndarray:
     """H×W×3 uint8 → H×W int32 superpixel ids 0..n-1, numbered in raster order of first appearance."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 image, got shape {image.shape}")
@@ -40,10 +44,12 @@ def relabel_raster(seg: np.ndarray) -> np.ndarray:
 
 def adjacent_pairs(seg: np.ndarray) -> np.ndarray:
     """Unique (i, j), i < j, pairs of 4-adjacent labels of a label map; shape (E, 2)."""
-    pairs = np.concatenate([
-        np.stack([seg[:, :-1].ravel(), seg[:, 1:].ravel()], 1),
-        np.stack([seg[:-1, :].ravel(), seg[1:, :].ravel()], 1),
-    ])
+    pairs = np.concatenate(
+        [
+            np.stack([seg[:, :-1].ravel(), seg[:, 1:].ravel()], 1),
+            np.stack([seg[:-1, :].ravel(), seg[1:, :].ravel()], 1),
+        ]
+    )
     pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], 1)
     return np.unique(pairs, axis=0)
 
