@@ -9,6 +9,8 @@ import pytest
 from mcof_tf import loop
 from mcof_tf.config import load_config
 
+pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
+
 TINY_RUN = [
     "superpixels.scale=300",
     "superpixels.min_size=50",

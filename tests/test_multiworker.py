@@ -8,6 +8,9 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
 
 WORKER = textwrap.dedent("""
     import json, os, sys

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from conftest import list_ids
 from PIL import Image
@@ -117,6 +118,7 @@ def test_dataset_level_errors_stop_the_cli_with_a_message(tmp_path, capsys):
     assert code == 2 and "records.shards" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_with_two_worker_processes(tiny_root, tmp_path):
     out = tmp_path / "mp"
     proc = subprocess.run(

@@ -3,12 +3,15 @@ supervised PixelNet trained with configs/synthetic_small_objects.yaml's recipe p
 somewhere (plain cross-entropy stayed at "all background" on that preset, README "Training recipe")."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import write_groundtruth_records
 
 from mcof_tf import training
 from mcof_tf.config import load_config
 from mcof_tf.data import synthetic
+
+pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
 
 EPOCHS = 60  # x 4 steps of 2 crops: the recipe's schedule shrunk to what 16 tiny images need
 SMALL = synthetic.SyntheticSpec(

@@ -152,6 +152,7 @@ def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, caplog)
         relabel.run(recs, str(tmp_path / "nothing"), "cam", str(tmp_path / "o"), cfg, 7, classes)
 
 
+@pytest.mark.slow
 def test_cli_with_two_worker_processes(base, tmp_path):
     cfg, recs, classes, paths = base
     out = tmp_path / "mp"

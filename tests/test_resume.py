@@ -11,6 +11,8 @@ import time
 import pytest
 from test_loop import TINY_RUN
 
+pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
+
 # PixelNet gets 4 epochs so that a kill can land inside one (after epoch 2's backup)
 ARGS = ["--iter", "1", "--no-export"] + [
     a for kv in TINY_RUN + ["train.pixelnet.epochs=4"] for a in ("--set", kv)

@@ -322,6 +322,7 @@ def test_predict_cli_bad_arguments(exported, image_folder, tmp_path, capsys, arg
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_beam_predict_job_two_workers(exported, image_folder, tmp_path):
     out = tmp_path / "beam"
     r = subprocess.run(

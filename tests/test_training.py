@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from mcof_tf import training
 
+pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
+
 
 def _cfg(tiny_cfg, network, lr):
     tiny_cfg.model.width = 0.25
