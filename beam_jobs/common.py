@@ -27,7 +27,7 @@ import apache_beam as beam
 import tensorflow as tf
 
 from mcof_tf.data.records import count_records, example_id
-from mcof_tf.fileio import writable_dir
+from mcof_tf.fileio import writable_dir, write_json_atomic
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected"
@@ -54,13 +54,6 @@ def read_manifest(out_dir: str) -> Optional[dict]:
 def is_complete(out_dir: str, fingerprint: str) -> bool:
     m = read_manifest(out_dir)
     return m is not None and m.get("fingerprint") == fingerprint
-
-
-def write_json_atomic(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def prepare_output(out_dir: str, prefix: str) -> None:
@@ -107,19 +100,50 @@ class WriteShard(beam.DoFn):
         yield path
 
 
-def write_outputs(
-    records: beam.PCollection, rejected: beam.PCollection, out_dir: str, prefix: str, num_shards: int
-) -> None:
-    """Attach the record sink and the dead-letter sink to a pipeline."""
-    (
-        records
-        | "ShardById" >> beam.Map(lambda e: (zlib.crc32(example_id(e).encode()) % num_shards, e))
-        | "GroupShards" >> beam.GroupByKey()
-        | "WriteRecords" >> beam.ParDo(WriteShard(out_dir, prefix, num_shards))
-    )
-    rejected | "WriteRejected" >> beam.io.WriteToText(
-        join(out_dir, REJECTED), file_name_suffix=".jsonl", shard_name_template=""
-    )
+class WriteShards(beam.PTransform):
+    """Serialized examples → `<prefix>-SSSSS-of-NNNNN.tfrecord` in `out_dir`: shard = crc32(id) mod N,
+    examples sorted by id inside, so the files depend on the inputs only, not on the runner's order.
+    Outputs the shard paths written."""
+
+    def __init__(self, out_dir: str, prefix: str, num_shards: int):
+        super().__init__()
+        self.out_dir, self.prefix, self.num_shards = out_dir, prefix, num_shards
+
+    def expand(self, examples):
+        n = self.num_shards
+        return (
+            examples
+            | "ShardById" >> beam.Map(lambda e: (zlib.crc32(example_id(e).encode()) % n, e))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(WriteShard(self.out_dir, self.prefix, n))
+        )
+
+
+class WriteLines(beam.PTransform):
+    """Text lines → the single file `out_dir/<name><suffix>` (dead letters, summed statistics)."""
+
+    def __init__(self, out_dir: str, name: str, suffix: str = ".jsonl"):
+        super().__init__()
+        self.path, self.suffix = join(out_dir, name), suffix
+
+    def expand(self, lines):
+        return lines | beam.io.WriteToText(self.path, file_name_suffix=self.suffix, shard_name_template="")
+
+
+class WriteOutputs(beam.PTransform):
+    """A job's results, {"records": serialized examples, "rejected": dead letters}, → its TFRecord
+    shards and `rejected.jsonl`."""
+
+    def __init__(self, out_dir: str, prefix: str, num_shards: int):
+        super().__init__()
+        self.out_dir, self.prefix, self.num_shards = out_dir, prefix, num_shards
+
+    def expand(self, results: dict):
+        return {
+            "shards": results["records"]
+            | "WriteShards" >> WriteShards(self.out_dir, self.prefix, self.num_shards),
+            "rejected": results[REJECTED] | "WriteRejected" >> WriteLines(self.out_dir, REJECTED),
+        }
 
 
 def finish(

@@ -97,12 +97,8 @@ def run(
             | "Spread" >> beam.Reshuffle()
             | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs")
         )
-        results.outputs | "WriteOutputs" >> beam.io.WriteToText(
-            common.join(out_dir, OUTPUTS), file_name_suffix=".txt", shard_name_template=""
-        )
-        results[common.REJECTED] | "WriteRejected" >> beam.io.WriteToText(
-            common.join(out_dir, common.REJECTED), file_name_suffix=".jsonl", shard_name_template=""
-        )
+        results.outputs | "WriteOutputs" >> common.WriteLines(out_dir, OUTPUTS, ".txt")
+        results[common.REJECTED] | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
 
     common.run_pipeline(pipeline_options, build)
     with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:

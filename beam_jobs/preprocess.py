@@ -173,9 +173,10 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
             | "Spread" >> beam.Reshuffle()
             | "Preprocess" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="records")
         )
-        common.write_outputs(
-            results.records, results[common.REJECTED], out_dir, split, cfg.records.num_shards
-        )
+        {
+            "records": results.records,
+            common.REJECTED: results[common.REJECTED],
+        } | "Write" >> common.WriteOutputs(out_dir, split, cfg.records.num_shards)
 
     common.run_pipeline(pipeline_options, build)
     manifest = common.finish(

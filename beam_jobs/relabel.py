@@ -48,6 +48,24 @@ STATS = "stats"  # label statistics that need no ground truth (evaluate.label_st
 PREFIX = "records"
 
 
+class SumPerName(beam.PTransform):
+    """(name of a produced label map, per-image array) → one JSON line per name, {"name", <tag>: sum}:
+    confusion matrices and label statistics summed over the images while the job writes the labels."""
+
+    def __init__(self, tag: str):
+        super().__init__()
+        self.tag = tag
+
+    def expand(self, pairs):
+        tag = self.tag
+        return (
+            pairs
+            | "Sum" >> beam.CombinePerKey(sum)
+            | "ToJson"
+            >> beam.MapTuple(lambda name, m: json.dumps({"name": name, tag: np.asarray(m).tolist()}))
+        )
+
+
 class RelabelFn(beam.DoFn):
     """Serialized example → serialized example with new labels (+ confusion matrices on a side output)."""
 
@@ -316,20 +334,12 @@ def run(
             | "Spread" >> beam.Reshuffle()
             | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
         )
-        common.write_outputs(
-            results.records, results[common.REJECTED], out_dir, PREFIX, cfg.records.num_shards
-        )
+        {
+            "records": results.records,
+            common.REJECTED: results[common.REJECTED],
+        } | "Write" >> common.WriteOutputs(out_dir, PREFIX, cfg.records.num_shards)
         for tag in (CONFUSION, STATS):  # summed over images per produced label map
-            (
-                results[tag]
-                | f"Sum{tag}" >> beam.CombinePerKey(sum)
-                | f"{tag}ToJson"
-                >> beam.MapTuple(lambda name, m, tag=tag: json.dumps({"name": name, tag: m.tolist()}))
-                | f"Write{tag}"
-                >> beam.io.WriteToText(
-                    common.join(out_dir, tag), file_name_suffix=".jsonl", shard_name_template=""
-                )
-            )
+            (results[tag] | f"Sum{tag}" >> SumPerName(tag) | f"Write{tag}" >> common.WriteLines(out_dir, tag))
 
     common.run_pipeline(pipeline_options, build)
     metrics, stats = {}, {}

@@ -176,9 +176,10 @@ def test_shards_are_the_same_whatever_the_input_order(tmp_path):
     serialized = [records.encode(r) for r in recs]
     for name, order in (("a", serialized), ("b", serialized[::-1])):
         with beam.Pipeline() as p:
-            common.write_outputs(
-                p | beam.Create(order), p | "NoRejects" >> beam.Create([]), str(tmp_path / name), "part", 3
-            )
+            {
+                "records": p | beam.Create(order),
+                "rejected": p | "NoRejects" >> beam.Create([]),
+            } | common.WriteOutputs(str(tmp_path / name), "part", 3)
     files_a = sorted(os.listdir(tmp_path / "a"))
     assert [f for f in files_a if f.endswith(".tfrecord")] == [
         f"part-0000{i}-of-00003.tfrecord" for i in range(3)
