@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 import zlib
@@ -32,6 +33,7 @@ from mcof_tf.fileio import writable_dir, write_json_atomic
 MANIFEST = "manifest.json"
 REJECTED = "rejected"
 SHARD_SUFFIX = ".tfrecord"
+log = logging.getLogger(__name__)
 
 
 def join(*parts: str) -> str:
@@ -193,6 +195,29 @@ def split_args(parser, argv: Optional[Iterable[str]]):
     return args, PipelineOptions(beam_args)
 
 
-def run_pipeline(options, build: Callable[[beam.Pipeline], None]) -> None:
-    with beam.Pipeline(options=options) as p:
-        build(p)
+def run_pipeline(options, build: Callable[[beam.Pipeline], None], namespace: str = ""):
+    """Build and run a pipeline to completion; then log the job's Beam metrics (`namespace`: its
+    counters and per-image latency), which every runner reports, Dataflow included."""
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if namespace:
+        log.info(f"{namespace}: Beam metrics: {metrics_summary(result, namespace)}")
+    return result
+
+
+def metrics_summary(result, namespace: str) -> str:
+    """The counters (summed over steps) and distributions of `namespace` as one line."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    found = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    counters: dict = {}
+    for c in found["counters"]:
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + (c.committed or 0)
+    parts = [f"{name} {n}" for name, n in sorted(counters.items())]
+    for d in found["distributions"]:
+        r = d.committed
+        if r is not None and r.count:
+            parts.append(f"{d.key.metric.name} mean {r.mean:.0f} (min {r.min}, max {r.max}, n {r.count})")
+    return ", ".join(parts) or "none"

@@ -45,6 +45,7 @@ class PredictFn(beam.DoFn):
         self.scales, self.crf, self.overlay = list(scales), crf, overlay
         self.computed = Metrics.counter("predict", "computed")
         self.rejected = Metrics.counter("predict", "rejected")
+        self.latency = Metrics.distribution("predict", "ms_per_image")
 
     def setup(self):
         from mcof_tf.inference import Predictor
@@ -55,6 +56,7 @@ class PredictFn(beam.DoFn):
         from mcof_tf.data.voc import RejectedInput
         from mcof_tf.inference import predict_file
 
+        started = time.perf_counter()
         try:
             target, computed = predict_file(
                 self.predictor, path, self.base, self.out_dir, self.scales, self.crf, self.overlay
@@ -64,6 +66,8 @@ class PredictFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(path, str(e)))
             return
         self.computed.inc(int(computed))
+        if computed:
+            self.latency.update(int(1000 * (time.perf_counter() - started)))
         yield f"{path}\t{target}"
 
 
@@ -100,7 +104,7 @@ def run(
         results.outputs | "WriteOutputs" >> common.WriteLines(out_dir, OUTPUTS, ".txt")
         results[common.REJECTED] | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
 
-    common.run_pipeline(pipeline_options, build)
+    common.run_pipeline(pipeline_options, build, "predict")
     with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
         done = [line.split("\t") for line in f.read().splitlines() if line]
     missing = [target for _, target in done if not tf.io.gfile.exists(target)]

@@ -55,6 +55,7 @@ class PreprocessFn(beam.DoFn):
         self.max_side = max_side
         self.done = Metrics.counter("preprocess", "written")
         self.rejected = Metrics.counter("preprocess", "rejected")
+        self.latency = Metrics.distribution("preprocess", "ms_per_image")
 
     def setup(self):
         from threadpoolctl import threadpool_limits
@@ -72,7 +73,10 @@ class PreprocessFn(beam.DoFn):
         from mcof_tf.data.voc import RejectedInput
 
         try:
-            yield self._example(image_id)
+            started = time.perf_counter()
+            example = self._example(image_id)
+            self.latency.update(int(1000 * (time.perf_counter() - started)))
+            yield example
             self.done.inc()
         except RejectedInput as e:
             self.rejected.inc()
@@ -178,7 +182,7 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
             common.REJECTED: results[common.REJECTED],
         } | "Write" >> common.WriteOutputs(out_dir, split, cfg.records.num_shards)
 
-    common.run_pipeline(pipeline_options, build)
+    common.run_pipeline(pipeline_options, build, "preprocess")
     manifest = common.finish(
         out_dir,
         split,

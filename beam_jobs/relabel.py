@@ -94,6 +94,7 @@ class RelabelFn(beam.DoFn):
         self.label_rules = dict(label_rules or {})  # config `labels`: tag_rule, keep_tags
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
+        self.latency = Metrics.distribution("relabel", "ms_per_image")
 
     def setup(self):
         from threadpoolctl import threadpool_limits
@@ -129,7 +130,9 @@ class RelabelFn(beam.DoFn):
             rec_id = rec.id
             previous = self._labels_of(rec)
             self._confidence = None
+            started = time.perf_counter()
             out, produced = self._relabel(rec)
+            self.latency.update(int(1000 * (time.perf_counter() - started)))
             yield records.encode(out)
             self.written.inc()
             tags = rec.tag_indices if self.use_tags and self.stage != "groundtruth" else None
@@ -341,7 +344,7 @@ def run(
         for tag in (CONFUSION, STATS):  # summed over images per produced label map
             (results[tag] | f"Sum{tag}" >> SumPerName(tag) | f"Write{tag}" >> common.WriteLines(out_dir, tag))
 
-    common.run_pipeline(pipeline_options, build)
+    common.run_pipeline(pipeline_options, build, "relabel")
     metrics, stats = {}, {}
     for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
         for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*.jsonl")):

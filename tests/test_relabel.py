@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -146,6 +147,9 @@ def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
 def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     first = _run(base, "cam", tmp_path)
+    # the job's Beam metrics, logged after the run: counters and the per-image latency distribution
+    metrics = rf"relabel: Beam metrics: written {first['written']}, ms_per_image mean \d+"
+    assert re.search(metrics, caplog.text)
     assert _run(base, "cam", tmp_path) == first and "complete already" in caplog.text
     cfg, recs, classes, _ = base
     with pytest.raises(FileNotFoundError, match="no trained model"):
