@@ -29,6 +29,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
+from mcof_tf.fileio import check_output_apart
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def run(
 
     check_saved_model(model)  # on the launcher, before any worker starts
     base, paths = list_inputs(inputs)
+    check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
     common.writable_dir(out_dir)
     for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
         for path in tf.io.gfile.glob(common.join(out_dir, pattern)):

@@ -31,6 +31,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
+from mcof_tf.fileio import check_output_apart
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
     from mcof_tf.data.voc import VocDataset
 
     dataset = VocDataset(data_root, cfg.data.classes, cfg.data.mask_dirs)  # dataset-level errors: raise now
+    check_output_apart(out_dir, {"dataset root": data_root})
     ids = dataset.split_ids(split)
     fingerprint = common.fingerprint(
         {

@@ -39,6 +39,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
+from mcof_tf.fileio import check_output_apart
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ def run(
     files = sorted(tf.io.gfile.glob(records))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {records}")
+    check_output_apart(out_dir, {"input records": records})
     fingerprint = common.fingerprint(
         {
             "job": "relabel",

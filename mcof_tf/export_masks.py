@@ -61,7 +61,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     from beam_jobs.common import read_manifest
     from mcof_tf.data import records
     from mcof_tf.data.voc import check_id, palette_png
-    from mcof_tf.fileio import writable_dir, write_bytes_atomic
+    from mcof_tf.fileio import check_output_apart, writable_dir, write_bytes_atomic
     from mcof_tf.method.labels import paint
 
     last = last_iteration(workdir)
@@ -71,6 +71,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     if not 1 <= t <= last:
         raise ValueError(f"--iteration {t}: {workdir} has finished iterations 1..{last}")
     source = os.path.join(workdir, f"iter{t}", "masks")
+    check_output_apart(out_dir, {"masks' records": source})
     manifest = read_manifest(source)
     previous = _check_out(out_dir)
     mine = {

@@ -39,3 +39,35 @@ def write_json_atomic(path: str, obj) -> None:
     import json
 
     write_bytes_atomic(path, json.dumps(obj, indent=1).encode())
+
+
+def pattern_folder(pattern: str) -> str:
+    """The folder a glob searches (the part before its first wildcard), or the path itself."""
+    import os
+
+    wild = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
+    if wild < 0:
+        return pattern
+    return os.path.dirname(pattern[:wild]) or "."
+
+
+def _folder_key(path: str) -> str:
+    import os
+
+    if "://" in path:
+        return path.rstrip("/") + "/"
+    return os.path.join(os.path.realpath(path), "")
+
+
+def check_output_apart(out_dir: str, inputs: dict) -> None:
+    """Refuse an output folder that equals, contains or lies inside one of `inputs` ({what: folder or
+    glob}): a job empties its output folder of stale shards first, and a predict run would read its own
+    outputs back. Raises ValueError naming both, before anything is written or deleted."""
+    out = _folder_key(out_dir)
+    for what, path in inputs.items():
+        folder = _folder_key(pattern_folder(path))
+        if out.startswith(folder) or folder.startswith(out):
+            raise ValueError(
+                f"output folder {out_dir} overlaps the {what} ({path}); choose one outside it "
+                "(nothing was written or deleted)"
+            )

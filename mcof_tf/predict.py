@@ -24,8 +24,15 @@ from collections.abc import Sequence
 from typing import Optional
 
 from mcof_tf import log as log_setup
-from mcof_tf.fileio import writable_dir, write_bytes_atomic
-from mcof_tf.inference import Predictor, add_options, list_inputs, parse_scales, predict_file
+from mcof_tf.fileio import check_output_apart, writable_dir, write_bytes_atomic
+from mcof_tf.inference import (
+    Predictor,
+    add_options,
+    check_saved_model,
+    list_inputs,
+    parse_scales,
+    predict_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +50,10 @@ def run(
     """Segment every image; returns {"read", "written", "skipped_existing", "rejected": [...]}."""
     from mcof_tf.data.voc import RejectedInput
 
-    predictor = Predictor(model)
+    check_saved_model(model)
     base, paths = list_inputs(images)
+    check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
+    predictor = Predictor(model)
     writable_dir(out_dir)
     rejected, written, existing = [], 0, 0
     started = time.time()

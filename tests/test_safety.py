@@ -1,0 +1,102 @@
+"""No command deletes or overwrites its own inputs: an output folder that equals, contains or lies
+inside an input folder is refused with exit 2 and one line, and the inputs stay byte for byte."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beam_jobs import predict as beam_predict
+from beam_jobs import preprocess, relabel
+from mcof_tf import predict
+from mcof_tf.fileio import check_output_apart, pattern_folder
+
+
+def _digest(folder) -> dict:
+    return {
+        os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(
+            open(os.path.join(d, f), "rb").read()
+        ).hexdigest()
+        for d, _, files in os.walk(folder)
+        for f in files
+    }
+
+
+def test_overlap_rule(tmp_path):
+    a = tmp_path / "a"
+    for out, inp in (
+        (a, a),
+        (a / "sub", a),
+        (a, a / "sub"),
+        (a, str(a / "*.tfrecord")),
+        (a / "x", str(a / "*.png")),
+    ):
+        with pytest.raises(ValueError, match="overlaps"):
+            check_output_apart(str(out), {"input": str(inp)})
+    check_output_apart(str(tmp_path / "records2"), {"input": str(tmp_path / "records" / "*.tfrecord")})
+    check_output_apart("gs://b/out", {"input": "gs://b/outside/*.tfrecord"})
+    with pytest.raises(ValueError, match="overlaps"):
+        check_output_apart("gs://b/in/o", {"input": "gs://b/in/*.tfrecord"})
+    assert (
+        pattern_folder("d/e/*.tfrecord") == "d/e"
+        and pattern_folder("d/x-*") == "d"
+        and pattern_folder("p") == "p"
+    )
+
+
+@pytest.fixture
+def record_folder(tiny_root, tmp_path):
+    out = tmp_path / "records"
+    args = ["--data-root", tiny_root, "--split", "val", "--out", str(out), "--set", "records.num_shards=1"]
+    assert preprocess.main(args) == 0
+    return out
+
+
+def test_relabel_into_its_input_folder_is_refused(record_folder, capsys):
+    before = _digest(record_folder)
+    args = [
+        "--records",
+        str(record_folder / "*.tfrecord"),
+        "--stage",
+        "groundtruth",
+        "--out",
+        str(record_folder),
+    ]
+    assert relabel.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "overlaps the input records" in err and "Traceback" not in err
+    assert _digest(record_folder) == before
+
+
+def test_preprocess_into_its_dataset_is_refused(tiny_copy, capsys):
+    before = _digest(tiny_copy)
+    assert (
+        preprocess.main(["--data-root", str(tiny_copy), "--out", os.path.join(str(tiny_copy), "records")])
+        == 2
+    )
+    assert "overlaps the dataset root" in capsys.readouterr().err
+    assert _digest(tiny_copy) == before
+
+
+@pytest.mark.parametrize("cli", ["predict", "beam predict"])
+def test_predict_into_its_image_folder_is_refused(cli, tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((6, 7, 3), 40, np.uint8)).save(images / f"{name}.png")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")  # the overlap is refused before the model is loaded
+    before = _digest(images)
+    if cli == "predict":
+        code = predict.main(
+            ["--model", str(model), "--images", str(images), "--out", str(images), "--overlay"]
+        )
+    else:
+        code = beam_predict.main(
+            ["--model", str(model), "--input", str(images), "--output", str(images / "o")]
+        )
+    assert code == 2 and "overlaps the input images" in capsys.readouterr().err
+    assert _digest(images) == before
