@@ -31,11 +31,11 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from mcof_tf import log as log_setup
+from mcof_tf.data.voc import MAX_PIXELS  # larger images are refused
 
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 1024  # the network's input is scaled down to this longer side
-MAX_PIXELS = 4096 * 4096  # larger images are refused
 CLASSES_FILE = "classes.txt"  # the class names, one per line, next to saved_model.pb
 
 

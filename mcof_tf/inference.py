@@ -97,16 +97,35 @@ class Predictor:
             probs = dense_crf(image, np.moveaxis(probs, -1, 0)).transpose(1, 2, 0)
         return probs
 
+    def labels(self, image: np.ndarray, scales: Sequence[float] = (1.0,), crf: bool = False) -> np.ndarray:
+        """H×W×3 uint8 → H×W uint8 class indices. An image larger than the network's input size is
+        segmented at that size and its labels scaled up (nearest), so memory stays bounded by the
+        network's size rather than growing with H×W×classes."""
+        from PIL import Image
+
+        h, w = image.shape[:2]
+        fit = min(1.0, self.max_side / max(h, w))
+        if fit == 1.0:
+            return self.probabilities(image, scales, crf).argmax(-1).astype(np.uint8)
+        size = (max(1, round(w * fit)), max(1, round(h * fit)))
+        small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))  # antialiased by PIL
+        labels = self.probabilities(small, scales, crf).argmax(-1).astype(np.uint8)
+        return np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
+
 
 def overlay_jpeg(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> bytes:
+    """The image with each labelled object pixel blended with its class colour (uint8 throughout)."""
     from PIL import Image
 
     from mcof_tf.data.voc import voc_palette
 
-    colours = voc_palette()[labels]
-    blend = np.where((labels > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
+    base = Image.fromarray(image)
+    colours = Image.fromarray(voc_palette()[labels])
+    blend = Image.composite(
+        Image.blend(base, colours, alpha), base, Image.fromarray((labels > 0).astype(np.uint8) * 255)
+    )
     buf = io.BytesIO()
-    Image.fromarray(blend.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    blend.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -132,7 +151,7 @@ def predict_file(
         return target, False
     with tf.io.gfile.GFile(path, "rb") as f:
         image, _, _ = decode_image(f.read(), what=path)
-    labels = predictor.probabilities(image, scales, crf).argmax(-1).astype(np.uint8)
+    labels = predictor.labels(image, scales, crf)
     if overlay:  # first, so that the label PNG (the resume marker) is written last
         write_bytes_atomic(blend, overlay_jpeg(image, labels))
     write_bytes_atomic(target, palette_png(labels))

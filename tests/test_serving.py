@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mcof_tf import export, predict, training
+from mcof_tf.data.voc import RejectedInput, decode_image
 from mcof_tf.models.deeplab import deeplab_largefov
 
 CLASSES = ["background", "cat", "dog"]
@@ -356,3 +357,20 @@ def test_beam_predict_job_two_workers(exported, image_folder, tmp_path):
     assert predict.main(["--model", exported["v1"], "--images", str(image_folder), "--out", str(cli)]) == 0
     for name in ("a.png", "sub/gray.png"):
         assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(cli / name)))
+
+
+def test_large_images_are_segmented_at_the_network_size_and_oversized_ones_rejected(exported, tmp_path):
+    from mcof_tf.inference import Predictor
+
+    predictor = Predictor(exported["v1"], max_side=32)
+    image = np.zeros((60, 90, 3), np.uint8)
+    image[10:50, 20:70] = 255  # a bright rectangle: class 1 for the tiny model
+    whole = predictor.probabilities(image).argmax(-1)  # full-resolution probabilities (the old way)
+    labels = predictor.labels(image)  # at 32 px, labels scaled up: bounded memory
+    assert labels.shape == (60, 90) and labels.dtype == np.uint8
+    assert (labels == whole).mean() > 0.9 and set(np.unique(labels)) == set(np.unique(whole))
+    # over the pixel bound: rejected from the header, before decoding (predict counts it in rejected.jsonl)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(big)
+    with pytest.raises(RejectedInput, match="over the bound of 4,096 pixels"):
+        decode_image(big.read_bytes(), "big.png", max_pixels=64 * 64)

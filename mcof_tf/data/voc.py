@@ -50,6 +50,9 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
+# The largest image any command decodes (preprocess, predict) or the served model accepts: 16.7 MP,
+# about 50 MB as RGB; larger ones are rejected with their size rather than risking the memory.
+MAX_PIXELS = 4096 * 4096
 IGNORE_LABEL = 255  # VOC's "void": unlabelled / not scored, everywhere in the project
 
 # Ids are file stems: letters, digits, '_', '-', '.', never a path (no '/', no '..').
@@ -108,13 +111,18 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def decode_image(data: bytes, what: str = "image") -> tuple[np.ndarray, str, str]:
-    """Bytes → (H×W×3 uint8 RGB, PIL format, original mode). Grayscale/RGBA/CMYK/palette are converted."""
+def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str, str]:
+    """Bytes → (H×W×3 uint8 RGB, PIL format, original mode). Grayscale/RGBA/CMYK/palette are converted.
+    Images of more than `max_pixels` are rejected from their header, before any pixel is decoded (a
+    small file can hold a huge image)."""
     try:
-        im = Image.open(io.BytesIO(data))
-        im.load()  # decodes fully: truncated files fail here, not later
+        im = Image.open(io.BytesIO(data))  # reads the header only
+        if im.size[0] * im.size[1] <= max_pixels:
+            im.load()  # decodes fully: truncated files fail here, not later
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise RejectedInput(f"{what} cannot be decoded: {type(e).__name__}: {e}") from e
+    if im.size[0] * im.size[1] > max_pixels:
+        raise RejectedInput(f"{what} is {im.size[0]}x{im.size[1]}, over the bound of {max_pixels:,} pixels")
     fmt, mode = im.format or "?", im.mode
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         # Transparent pixels become white rather than whatever colour hides under alpha 0.
