@@ -27,10 +27,9 @@ from typing import Optional
 import apache_beam as beam
 import tensorflow as tf
 
-from mcof_tf.data.records import count_records, example_id
-from mcof_tf.fileio import writable_dir, write_json_atomic
+from mcof_tf.data.records import MANIFEST, count_records, example_id
+from mcof_tf.fileio import read_json, writable_dir, write_json_atomic
 
-MANIFEST = "manifest.json"
 REJECTED = "rejected"
 SHARD_SUFFIX = ".tfrecord"
 log = logging.getLogger(__name__)
@@ -46,11 +45,7 @@ def fingerprint(spec: dict) -> str:
 
 
 def read_manifest(out_dir: str) -> Optional[dict]:
-    path = join(out_dir, MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
+    return read_json(join(out_dir, MANIFEST))
 
 
 def is_complete(out_dir: str, fingerprint: str) -> bool:
@@ -198,6 +193,14 @@ def split_args(parser, argv: Optional[Iterable[str]]):
 def run_pipeline(options, build: Callable[[beam.Pipeline], None], namespace: str = ""):
     """Build and run a pipeline to completion; then log the job's Beam metrics (`namespace`: its
     counters and per-image latency), which every runner reports, Dataflow included."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = options if options is not None else PipelineOptions([])
+    if options.view_as(StandardOptions).runner is None:
+        # Beam 2.77's default DirectRunner first downloads the Go Prism runner from GitHub and runs
+        # there (ignoring --direct_num_workers); the in-process FnApiRunner is the local runner the
+        # project is tested with, offline included. An explicit --runner is respected.
+        options.view_as(StandardOptions).runner = "FnApiRunner"
     pipeline = beam.Pipeline(options=options)
     build(pipeline)
     result = pipeline.run()

@@ -155,6 +155,7 @@ def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) ->
             "saliency": asdict(cfg.saliency),
             "num_shards": cfg.records.num_shards,
             "ids": ids,
+            "files": dataset.content_signature(ids),  # an edited image, mask or annotation redoes the job
         }
     )
     if common.is_complete(out_dir, fingerprint):

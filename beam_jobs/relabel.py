@@ -23,7 +23,6 @@ project: rejected records go to `OUT/rejected.jsonl` and read == written + rejec
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
-from mcof_tf.fileio import check_output_apart
+from mcof_tf.fileio import check_output_apart, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +255,6 @@ class RelabelFn(beam.DoFn):
         return out
 
 
-def _file_digest(path: str) -> str:
-    import tensorflow as tf
-
-    h = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()[:16]
-
-
 def run(
     records: str,
     model: Optional[str],
@@ -299,7 +289,7 @@ def run(
             "job": "relabel",
             "files": files,
             "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
-            "model": _file_digest(model_path) if model_path else None,
+            "model": file_digest(model_path) if model_path else None,
             "stage": stage,
             "iteration": iteration,
             "refine": refine,

@@ -71,3 +71,32 @@ def check_output_apart(out_dir: str, inputs: dict) -> None:
                 f"output folder {out_dir} overlaps the {what} ({path}); choose one outside it "
                 "(nothing was written or deleted)"
             )
+
+
+def file_digest(path: str) -> str:
+    """A short SHA-256 of a file's bytes (a model's identity for the stages that consumed it)."""
+    import hashlib
+
+    import tensorflow as tf
+
+    h = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_json(path: str):
+    """A JSON file, or None when there is none; a ValueError naming the file when it is not JSON."""
+    import json
+
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it to redo what wrote it") from e

@@ -72,7 +72,11 @@ def setup(verbose: int = 0) -> None:
     if not verbose:
         handler.addFilter(_OnlyOurs())
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:  # ours from an earlier call only
+    # ours from an earlier call, and plain console handlers a library's basicConfig() added (they would
+    # print every line twice); subclasses such as pytest's capture handlers stay
+    for old in [
+        h for h in root.handlers if isinstance(h, _StderrHandler) or type(h) is logging.StreamHandler
+    ]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)

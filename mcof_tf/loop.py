@@ -66,10 +66,15 @@ def train_network(
     """Train unless `folder/model.keras` exists; returns the folder. With `train.warm_start`, the
     network starts from `previous` (the same network of the iteration before) when there is one."""
     out = run.path(folder)
-    if os.path.exists(os.path.join(out, training.MODEL_FILE)):
-        log.info(f"{folder}: trained already")
-        return out
     init = os.path.join(previous, training.MODEL_FILE) if previous and run.cfg.train.warm_start else None
+    if os.path.exists(os.path.join(out, training.MODEL_FILE)):
+        why = training.stale_reason(
+            out, training.training_inputs(network, records, run.cfg, num_classes, init)
+        )
+        if why is None:
+            log.info(f"{folder}: trained already")
+            return out
+        log.info(f"redoing {folder}: {why}")  # the new model.keras replaces the old one when it is done
     training.train(network, records, out, run.cfg, num_classes, init_from=init)
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     return out

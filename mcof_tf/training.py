@@ -20,10 +20,11 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import keras
@@ -31,8 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from mcof_tf.data.pipeline import dataset_from_config
-from mcof_tf.data.records import count_records
-from mcof_tf.fileio import write_json_atomic
+from mcof_tf.data.records import MANIFEST, count_records
+from mcof_tf.fileio import file_digest, read_json, write_json_atomic
 from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER
 from mcof_tf.models.cam import build_cam
@@ -375,6 +376,11 @@ def train(
     # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
     keras.utils.set_random_seed(cfg.experiment.seed)
     backup = os.path.join(out_dir, "backup")
+    inputs = training_inputs(network, records, cfg, num_classes, init_from)
+    if read_json(os.path.join(out_dir, INPUTS_FILE)) not in (None, inputs) and os.path.isdir(backup):
+        log.info(f"train {network}: its inputs changed since the backup in {backup}; starting over")
+        shutil.rmtree(backup)  # this stage's own scratch state, made from the old inputs
+    write_json_atomic(os.path.join(out_dir, INPUTS_FILE), inputs)
     done_epochs = _backed_up_epochs(backup)
     if done_epochs:  # a resumed run sees the batches an uninterrupted one would have seen next
         log.info(f"train {network}: resuming after epoch {done_epochs} from {backup}")
@@ -422,6 +428,7 @@ def train(
             "steps_per_epoch": steps_per_epoch,
             "batch_size": stage.batch_size,
             "replicas": strategy.num_replicas_in_sync,
+            "inputs": inputs,
             "warm_start": bool(init_from),
         },
     )
@@ -494,6 +501,50 @@ def save_model(model: keras.Model, path: str) -> None:
     tmp = path[: -len(".keras")] + ".tmp.keras"
     model.save(tmp)
     os.replace(tmp, path)
+
+
+INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it starts
+
+
+def training_inputs(
+    network: str, records: str, cfg, num_classes: int, init_from: Optional[str] = None
+) -> dict:
+    """Everything a training stage's result depends on: the records (their folder's manifest
+    fingerprint, else the shard files' sizes), the starting weights and the config sections that
+    shape the network and its schedule. A trained stage whose record of these differs is redone."""
+    folder = os.path.dirname(records)
+    manifest = read_json(os.path.join(folder, MANIFEST)) or {}
+    shards = {p: tf.io.gfile.stat(p).length for p in sorted(tf.io.gfile.glob(records))}
+    train = {
+        k: v for k, v in asdict(cfg.train).items() if k not in ("cam", "regionnet", "pixelnet", "devices")
+    }
+    return {
+        "records": manifest.get("fingerprint") or shards,
+        "init_from": file_digest(init_from) if init_from else None,
+        "num_classes": num_classes,
+        "config": {
+            "model": asdict(cfg.model),
+            "input": asdict(cfg.input),
+            "train": {**train, network: asdict(getattr(cfg.train, network))},
+            "seed": cfg.experiment.seed,
+        },
+    }
+
+
+def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:
+    """Why the trained model in `out_dir` cannot be reused with `inputs` (None: it can)."""
+    done = read_json(os.path.join(out_dir, "train.json"))
+    if done is None or "inputs" not in done:
+        return "it has no record of its inputs"
+    for key in ("records", "init_from", "num_classes", "config"):
+        if done["inputs"].get(key) != json.loads(json.dumps(inputs[key])):
+            return {
+                "records": "its input records changed",
+                "init_from": "the network it starts from changed",
+                "num_classes": "the number of classes changed",
+                "config": "its config changed",
+            }[key]
+    return None
 
 
 def all_layers(layer: keras.layers.Layer) -> list:

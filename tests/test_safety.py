@@ -3,6 +3,7 @@ inside an input folder is refused with exit 2 and one line, and the inputs stay 
 
 import hashlib
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -100,3 +101,30 @@ def test_predict_into_its_image_folder_is_refused(cli, tmp_path, capsys):
         )
     assert code == 2 and "overlaps the input images" in capsys.readouterr().err
     assert _digest(images) == before
+
+
+@pytest.mark.slow
+def test_an_edited_image_redoes_preprocess_and_every_stage_after_it(tiny_copy, tmp_path, caplog):
+    import logging
+
+    from test_loop import TINY_RUN
+
+    from mcof_tf import loop
+    from mcof_tf.config import load_config
+
+    caplog.set_level(logging.INFO)
+    cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny"])
+    work = str(tmp_path / "work")
+    loop.run_all(cfg, 1, work, str(tiny_copy), export=False)
+    caplog.clear()
+    loop.run_all(cfg, 1, work, str(tiny_copy), export=False)  # nothing changed: nothing redone
+    assert "redoing" not in caplog.text and "cam: trained already" in caplog.text
+    image = sorted((pathlib.Path(tiny_copy) / "JPEGImages").iterdir())[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[:4, :4] = 255 - pixels[:4, :4]
+    Image.fromarray(pixels).save(image)  # same id, other content
+    caplog.clear()
+    loop.run_all(cfg, 1, work, str(tiny_copy), export=False)
+    for stage in ("cam", "iter1/regionnet", "iter1/pixelnet"):
+        assert f"redoing {stage}: its input records changed" in caplog.text, stage
+    assert "preprocess: 4 ids of split 'train'" in caplog.text or "ids of split 'train'" in caplog.text

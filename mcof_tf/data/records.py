@@ -32,6 +32,10 @@ from PIL import Image
 
 from mcof_tf.data.voc import IGNORE_LABEL
 
+# A folder of shards is complete when it holds this file (written last by the Beam job that made it);
+# its "fingerprint" identifies what the shards were made from.
+MANIFEST = "manifest.json"
+
 ID = "image/id"
 IMAGE = "image/encoded"
 FORMAT = "image/format"

@@ -247,6 +247,25 @@ class VocDataset:
     def _join(self, *parts: str) -> str:
         return "/".join((self.root,) + parts) if _is_url(self.root) else os.path.join(self.root, *parts)
 
+    def content_signature(self, ids: Sequence[str]) -> str:
+        """A hash of (name, size, modification time) of every file the ids can be read from (image,
+        masks, annotation, saliency): an edited, added or removed file changes it, without reading
+        any pixel. One listing per folder, one stat per file (gs:// included)."""
+        import hashlib
+
+        gfile = _gfile()
+        digest = hashlib.sha256()
+        for folder in ("JPEGImages", *self.mask_dirs, "Annotations", "Saliency"):
+            where = self._join(folder)
+            present = set(gfile.listdir(where)) if gfile.isdir(where) else set()
+            for image_id in ids:
+                for ext in (".jpg", ".jpeg", ".png", ".JPG", ".xml"):
+                    name = image_id + ext
+                    if name in present:
+                        st = gfile.stat(self._join(folder, name))
+                        digest.update(f"{folder}/{name}:{st.length}:{st.mtime_nsec}\n".encode())
+        return digest.hexdigest()[:16]
+
     def path(self, folder: str, image_id: str, ext: str) -> str:
         """Path of `<folder>/<id><ext>`, refusing ids (or symlinks) that lead outside the root."""
         check_id(image_id)
