@@ -54,6 +54,33 @@ class Run:
 # ------------------------------------------------------------------------------------------- stages
 
 
+def check_splits(data_root: str, data_cfg) -> None:
+    """Refuse split lists that would score the model on what it learnt from: one split used twice,
+    ids in both splits, ids listed twice."""
+    from collections import Counter
+
+    from mcof_tf.data.voc import VocDataset
+
+    train, val = data_cfg.train_split, data_cfg.val_split
+    if train == val:
+        raise ValueError(
+            f"data.train_split and data.val_split are both '{train}': val would be the training set"
+        )
+    ds = VocDataset(data_root, data_cfg.classes, data_cfg.mask_dirs)
+    ids = {split: ds.split_ids(split) for split in (train, val)}
+    for split, listed in ids.items():
+        twice = sorted(i for i, n in Counter(listed).items() if n > 1)
+        if twice:
+            raise ValueError(
+                f"ImageSets/Segmentation/{split}.txt lists {len(twice)} id(s) twice, e.g. {twice[0]}"
+            )
+    both = sorted(set(ids[train]) & set(ids[val]))
+    if both:
+        raise ValueError(
+            f"{len(both)} id(s) are in both {train}.txt and {val}.txt, e.g. {both[0]}: val mIoU would be inflated"
+        )
+
+
 def preprocess_split(run: Run, split: str) -> tuple[str, dict]:
     out = run.path("records", split)
     manifest = preprocess.run(run.data_root, split, out, run.cfg, run.beam_options)
@@ -237,6 +264,7 @@ def run_all(
         raise ValueError(f"unknown variant {variant}")
     workdir = workdir or (cfg.experiment.workdir + ("" if variant == "mcof" else f"-{variant}"))
     root = ensure_dataset(cfg.data, data_root)
+    check_splits(root, cfg.data)
     run = Run(cfg, workdir, root, variant, beam_options)
     claim_workdir(run)
     pixelnet = mcof(run, iterations)

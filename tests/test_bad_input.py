@@ -65,6 +65,11 @@ CASES = {
     ),
     "unwritable workdir": (train, ["--data-root", "TINY", "--workdir", UNWRITABLE], "cannot write to"),
     "workdir of another config": (train, ["--data-root", "TINY", "--workdir", "OTHER"], "different config"),
+    "val split = train split": (
+        train,
+        ["--data-root", "TINY", "--workdir", "TMP/w", "--set", "data.val_split=train"],
+        "are both 'train'",
+    ),
     "preprocess: no root": (
         preprocess,
         ["--data-root", "/nonexistent", "--out", "TMP/o"],

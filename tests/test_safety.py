@@ -128,3 +128,18 @@ def test_an_edited_image_redoes_preprocess_and_every_stage_after_it(tiny_copy, t
     for stage in ("cam", "iter1/regionnet", "iter1/pixelnet"):
         assert f"redoing {stage}: its input records changed" in caplog.text, stage
     assert "preprocess: 4 ids of split 'train'" in caplog.text or "ids of split 'train'" in caplog.text
+
+
+@pytest.mark.parametrize("change", ["overlap", "twice"])
+def test_split_lists_that_would_inflate_val_are_refused(tiny_copy, change):
+    from mcof_tf.config import load_config
+    from mcof_tf.loop import check_splits
+
+    lists = pathlib.Path(tiny_copy) / "ImageSets" / "Segmentation"
+    train = (lists / "train.txt").read_text().split()
+    if change == "overlap":
+        (lists / "val.txt").write_text((lists / "val.txt").read_text() + train[0] + "\n")
+    else:
+        (lists / "train.txt").write_text("\n".join(train + [train[1]]) + "\n")
+    with pytest.raises(ValueError, match="in both train.txt and val.txt" if change == "overlap" else "twice"):
+        check_splits(str(tiny_copy), load_config("synthetic").data)
