@@ -18,6 +18,7 @@ On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -83,17 +84,19 @@ def run(
 ) -> dict:
     import tensorflow as tf
 
-    from mcof_tf.inference import check_saved_model, list_inputs
+    from mcof_tf.inference import check_saved_model, claim_output, list_inputs, unique_outputs
 
     check_saved_model(model)  # on the launcher, before any worker starts
     base, paths = list_inputs(inputs)
     check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
     common.writable_dir(out_dir)
+    claim_output(out_dir, model, scales, crf)
+    paths, collisions = unique_outputs(paths, base)
     for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
         for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
             tf.io.gfile.remove(path)
     started = time.time()
-    log.info(f"predict: {len(paths)} images from {inputs} → {out_dir}")
+    log.info(f"predict: {len(paths) + len(collisions)} images from {inputs} → {out_dir}")
     fn = PredictFn(model, base, out_dir, scales, crf, overlay)
 
     def build(p):
@@ -104,7 +107,12 @@ def run(
             | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs")
         )
         results.outputs | "WriteOutputs" >> common.WriteLines(out_dir, OUTPUTS, ".txt")
-        results[common.REJECTED] | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
+        named = p | "NameCollisions" >> beam.Create([json.dumps(r) for r in collisions])
+        (
+            (results[common.REJECTED], named)
+            | "AllRejected" >> beam.Flatten()
+            | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
+        )
 
     common.run_pipeline(pipeline_options, build, "predict")
     with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
@@ -123,7 +131,13 @@ def run(
         }
     )
     manifest = common.finish(
-        out_dir, "", len(paths), fingerprint, started, {"model": model, "input": inputs}, written=len(done)
+        out_dir,
+        "",
+        len(paths) + len(collisions),
+        fingerprint,
+        started,
+        {"model": model, "input": inputs},
+        written=len(done),
     )
     log.info(
         f"predict: read {manifest['read']}, written {manifest['written']}, rejected "

@@ -52,6 +52,47 @@ def output_name(path: str, base: str) -> str:
     return "/".join(parts)
 
 
+MARKER = "predict.json"  # which model and options made the label maps of an output folder
+
+
+def claim_output(out_dir: str, model: str, scales: Sequence[float], crf: bool) -> None:
+    """Label maps already in `out_dir` are kept on a re-run (resume), so they must come from the same
+    model and options: refuse a folder made by another (or holding PNGs predict did not write), else
+    record this run's model and options there."""
+    import tensorflow as tf
+
+    from mcof_tf.fileio import file_digest, read_json, write_json_atomic
+
+    mine = {
+        "model": file_digest(f"{model.rstrip('/')}/saved_model.pb"),
+        "scales": [float(s) for s in scales],
+        "crf": bool(crf),
+    }
+    path = f"{out_dir.rstrip('/')}/{MARKER}"
+    theirs = read_json(path)
+    if theirs is None and tf.io.gfile.glob(f"{out_dir.rstrip('/')}/*.png"):
+        raise ValueError(f"{out_dir} holds PNGs that predict did not write; choose another --out")
+    if theirs is not None and theirs != mine:
+        differ = ", ".join(k for k in mine if theirs.get(k) != mine[k])
+        raise ValueError(f"{out_dir} holds label maps made with another {differ}; choose another --out")
+    write_json_atomic(path, mine)
+
+
+def unique_outputs(paths: Sequence[str], base: str) -> tuple[list[str], list[dict]]:
+    """Inputs whose output names are free (the first, in sorted order, of `a.jpg` and `a.png` keeps
+    `a.png`), and a rejection with the reason for each of the others."""
+    taken: dict = {}
+    kept, rejected = [], []
+    for path in paths:
+        name = output_name(path, base)
+        if name in taken:
+            rejected.append({"id": path, "reason": f"its output {name}.png is taken by {taken[name]}"})
+        else:
+            taken[name] = path
+            kept.append(path)
+    return kept, rejected
+
+
 def check_saved_model(model_dir: str) -> str:
     """Fail early and clearly when `model_dir` is not an exported SavedModel version folder."""
     import tensorflow as tf

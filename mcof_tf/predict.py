@@ -29,9 +29,11 @@ from mcof_tf.inference import (
     Predictor,
     add_options,
     check_saved_model,
+    claim_output,
     list_inputs,
     parse_scales,
     predict_file,
+    unique_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -53,19 +55,21 @@ def run(
     check_saved_model(model)
     base, paths = list_inputs(images)
     check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
-    predictor = Predictor(model)
     writable_dir(out_dir)
-    rejected, written, existing = [], 0, 0
+    claim_output(out_dir, model, scales, crf)
+    predictor = Predictor(model)
+    unique, rejected = unique_outputs(paths, base)
+    written, existing = 0, 0
     started = time.time()
-    for i, path in enumerate(paths, 1):
+    for i, path in enumerate(unique, 1):
         try:
             _, computed = predict_file(predictor, path, base, out_dir, scales, crf, overlay)
             written += computed
             existing += not computed
         except RejectedInput as e:
             rejected.append({"id": path, "reason": str(e)})
-        if i % 20 == 0 or i == len(paths):
-            log.info(f"predict: {i}/{len(paths)} images ({time.time() - started:.1f}s)")
+        if i % 20 == 0 or i == len(unique):
+            log.info(f"predict: {i}/{len(unique)} images ({time.time() - started:.1f}s)")
     write_bytes_atomic(
         f"{out_dir.rstrip('/')}/{REJECTED_FILE}", "".join(json.dumps(r) + "\n" for r in rejected).encode()
     )

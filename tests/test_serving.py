@@ -293,6 +293,26 @@ def test_predict_cli_writes_palette_pngs_overlays_and_resumes(exported, image_fo
     assert "read 3, written 2, already done 0, rejected 1" in capsys.readouterr().out
     assert predict.main(args) == 0  # resume: nothing is recomputed
     assert "read 3, written 0, already done 2, rejected 1" in capsys.readouterr().out
+    # the same folder with other options or another model: refused, the label maps stay as they are
+    before = (out / "a.png").read_bytes()
+    assert predict.main(args[:-3]) == 2 and "made with another scales, crf" in capsys.readouterr().err
+    other = [a if a != exported["v1"] else exported["bounded"] for a in args]
+    assert predict.main(other) == 2 and "made with another model" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == before
+
+
+def test_inputs_sharing_an_output_name_are_counted_not_overwritten(exported, tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(images / "a.png")
+    Image.fromarray(np.full((20, 24, 3), 10, np.uint8)).save(images / "a.jpg")
+    out = tmp_path / "out"
+    assert predict.main(["--model", exported["v1"], "--images", str(images), "--out", str(out)]) == 0
+    assert "read 2, written 1, already done 0, rejected 1" in capsys.readouterr().out
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert rejected == [
+        {"id": str(images / "a.png"), "reason": f"its output a.png is taken by {images / 'a.jpg'}"}
+    ]
 
 
 def test_predict_cli_at_scale_one_agrees_with_serving_default(exported, image_folder, tmp_path):
