@@ -49,8 +49,18 @@ def read_manifest(out_dir: str) -> Optional[dict]:
 
 
 def is_complete(out_dir: str, fingerprint: str) -> bool:
+    """The folder's manifest has this fingerprint and every shard it lists is there with its size (a
+    deleted or truncated shard makes the job run again)."""
     m = read_manifest(out_dir)
-    return m is not None and m.get("fingerprint") == fingerprint
+    if m is None or m.get("fingerprint") != fingerprint:
+        return False
+    sizes = m.get("shard_bytes", {})
+    for name in m.get("shards", []):
+        path = join(out_dir, name)
+        if not tf.io.gfile.exists(path) or (name in sizes and tf.io.gfile.stat(path).length != sizes[name]):
+            log.info(f"{out_dir}: shard {name} is missing or changed; redoing the job")
+            return False
+    return True
 
 
 def prepare_output(out_dir: str, prefix: str) -> None:
@@ -157,13 +167,13 @@ def finish(
     if written is None:
         written = count_records(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
     rejected = read_rejected(out_dir)
+    shards = sorted(tf.io.gfile.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}")))
     manifest = {
         "read": read,
         "written": written,
         "rejected": rejected,
-        "shards": sorted(
-            p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
-        ),
+        "shards": [p.rsplit("/", 1)[-1] for p in shards],
+        "shard_bytes": {p.rsplit("/", 1)[-1]: tf.io.gfile.stat(p).length for p in shards},
         "fingerprint": fingerprint,
         "seconds": round(time.time() - started, 3),
         **(extra or {}),

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.metrics import Metrics
 
 from beam_jobs import common
@@ -63,9 +64,10 @@ class PredictFn(beam.DoFn):
             target, computed = predict_file(
                 self.predictor, path, self.base, self.out_dir, self.scales, self.crf, self.overlay
             )
-        except RejectedInput as e:
+        except (RejectedInput, OSError, tf.errors.OpError) as e:  # unreadable: a dangling link, no permission
             self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(path, str(e)))
+            reason = str(e) if isinstance(e, RejectedInput) else f"cannot be read: {type(e).__name__}: {e}"
+            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(path, reason))
             return
         self.computed.inc(int(computed))
         if computed:
@@ -82,8 +84,6 @@ def run(
     crf: bool = False,
     overlay: bool = False,
 ) -> dict:
-    import tensorflow as tf
-
     from mcof_tf.inference import check_saved_model, claim_output, list_inputs, unique_outputs
 
     check_saved_model(model)  # on the launcher, before any worker starts
@@ -161,7 +161,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log_setup.setup(args.verbose)
     try:
         run(args.model, args.input, args.output, options, parse_scales(args.scales), args.crf, args.overlay)
-    except (FileNotFoundError, ValueError) as e:
+    except (
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as e:  # RuntimeError: a job lost or rejected every input
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

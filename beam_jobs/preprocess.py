@@ -240,6 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         DatasetError,
         FileExistsError,
         ValueError,
+        RuntimeError,
     ) as e:  # ValueError: e.g. an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2

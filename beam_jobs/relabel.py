@@ -297,6 +297,8 @@ def run(
             "labels": asdict(cfg.labels),
             "seeds": asdict(cfg.seeds),
             "num_classes": num_classes,
+            "mean_rgb": list(cfg.input.mean_rgb),  # the model's input normalisation
+            "max_regions": cfg.model.max_regions,  # RegionNet's chunking of superpixels
         }
     )
     if common.is_complete(out_dir, fingerprint):
@@ -406,7 +408,12 @@ def main(argv=None) -> int:
             args.refine,
             not args.no_tags,
         )
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as e:  # RuntimeError: a job lost or rejected every input
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

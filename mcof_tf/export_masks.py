@@ -113,7 +113,11 @@ def main(argv=None) -> int:
     log_setup.setup(args.verbose)
     try:
         export_masks(args.workdir, args.out, args.iteration)
-    except (FileNotFoundError, ValueError) as e:
+    except (
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as e:  # RuntimeError: a job lost or rejected every input
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

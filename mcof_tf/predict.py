@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
+import tensorflow as tf
+
 from mcof_tf import log as log_setup
 from mcof_tf.fileio import check_output_apart, writable_dir, write_bytes_atomic
 from mcof_tf.inference import (
@@ -68,6 +70,8 @@ def run(
             existing += not computed
         except RejectedInput as e:
             rejected.append({"id": path, "reason": str(e)})
+        except (OSError, tf.errors.OpError) as e:  # unreadable: a dangling link, no permission
+            rejected.append({"id": path, "reason": f"cannot be read: {type(e).__name__}: {e}"})
         if i % 20 == 0 or i == len(unique):
             log.info(f"predict: {i}/{len(unique)} images ({time.time() - started:.1f}s)")
     write_bytes_atomic(
@@ -93,8 +97,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log_setup.add_verbose_flag(p)
     a = p.parse_args(argv)
     log_setup.setup(a.verbose)
-    import tensorflow as tf
-
     try:
         run(a.model, a.images, a.out, parse_scales(a.scales), a.crf, a.overlay)
     except (FileNotFoundError, ValueError, PermissionError, tf.errors.OpError) as e:

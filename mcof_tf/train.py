@@ -53,7 +53,14 @@ def main(argv=None) -> int:
             beam_options,
             export=not args.no_export,
         )
-    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (
+        ConfigError,
+        DatasetError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as e:  # RuntimeError: a job lost or rejected every input
         print(f"error: {e}", file=sys.stderr)
         return 2
     from mcof_tf.report import summary_line

@@ -143,3 +143,27 @@ def test_split_lists_that_would_inflate_val_are_refused(tiny_copy, change):
         (lists / "train.txt").write_text("\n".join(train + [train[1]]) + "\n")
     with pytest.raises(ValueError, match="in both train.txt and val.txt" if change == "overlap" else "twice"):
         check_splits(str(tiny_copy), load_config("synthetic").data)
+
+
+def test_a_deleted_or_truncated_shard_makes_the_job_run_again(record_folder, tiny_root, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    shard = sorted(record_folder.glob("*.tfrecord"))[0]
+    good = shard.read_bytes()
+    args = [
+        "--data-root",
+        tiny_root,
+        "--split",
+        "val",
+        "--out",
+        str(record_folder),
+        "--set",
+        "records.num_shards=1",
+    ]
+    for damage in (shard.unlink, lambda: shard.write_bytes(good[:-10])):
+        damage()
+        assert preprocess.main(args) == 0
+        assert "is missing or changed; redoing the job" in caplog.text
+        assert shard.read_bytes() == good
+        caplog.clear()
