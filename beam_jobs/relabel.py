@@ -287,7 +287,7 @@ def run(
     fingerprint = common.fingerprint(
         {
             "job": "relabel",
-            "files": files,
+            "files": [f.rsplit("/", 1)[-1] for f in files],  # names: a moved workdir is not redone
             "input": (common.read_manifest(os.path.dirname(files[0])) or {}).get("fingerprint"),
             "model": file_digest(model_path) if model_path else None,
             "stage": stage,

@@ -84,7 +84,8 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     if previous == mine:
         log.info(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do")
         return mine
-    if previous and previous.get("workdir") != mine["workdir"]:
+    inside = os.path.abspath(out_dir).startswith(os.path.join(mine["workdir"], ""))  # the loop's own folder
+    if previous and previous.get("workdir") != mine["workdir"] and not inside:  # (a moved workdir keeps it)
         raise ValueError(
             f"{out_dir} holds the masks of another run ({previous.get('workdir')}); choose another --out"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 
@@ -100,3 +101,71 @@ def read_json(path: str):
         return json.loads(text)
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it to redo what wrote it") from e
+
+
+LOCK_FILE = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str):
+    """One run per (local) folder: `folder/.lock`, created atomically, holds host, pid and start time.
+    A lock left by a process of this host that is gone is taken over with a message; any other lock
+    (a live process, or another host, whose processes cannot be checked from here) is respected:
+    ValueError naming the holder. The lock is removed when the block ends."""
+    import json
+    import logging
+    import os
+    import socket
+    import time
+
+    path = os.path.join(folder, LOCK_FILE)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    theirs = json.load(f)
+            except (OSError, ValueError):
+                theirs = {}
+            if (
+                theirs.get("host") == mine["host"]
+                and isinstance(theirs.get("pid"), int)
+                and not _alive(theirs["pid"])
+            ):
+                logging.getLogger(__name__).info(
+                    f"{folder}: taking over the lock of pid {theirs['pid']} (started {theirs.get('started')}), "
+                    "which is no longer running"
+                )
+                os.remove(path)
+                continue
+            raise ValueError(
+                f"{folder} is in use by pid {theirs.get('pid', '?')} on {theirs.get('host', '?')} (started "
+                f"{theirs.get('started', '?')}); wait for that run or use another folder (if it is gone, "
+                f"delete {path})"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        break
+    try:
+        yield path
+    finally:
+        try:
+            with open(path) as f:
+                if json.load(f).get("pid") == mine["pid"]:
+                    os.remove(path)
+        except (OSError, ValueError):
+            pass

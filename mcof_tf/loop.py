@@ -28,7 +28,7 @@ from mcof_tf import training
 from mcof_tf.config import Config
 from mcof_tf.data import ensure_dataset
 from mcof_tf.export_masks import export_masks
-from mcof_tf.fileio import writable_dir, write_json_atomic
+from mcof_tf.fileio import file_digest, folder_lock, read_json, writable_dir, write_json_atomic
 from mcof_tf.report import report as write_run_report
 
 log = logging.getLogger(__name__)
@@ -237,9 +237,16 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
     from mcof_tf.export import export_saved_model
 
     marker = run.path("export.json")
-    if os.path.exists(marker):
-        with open(marker) as f:
-            return json.load(f)["path"]
+    model = os.path.join(pixelnet, training.MODEL_FILE)
+    done = read_json(marker) or {}
+    if done.get("model") == file_digest(model) and os.path.exists(
+        os.path.join(done.get("path", ""), "saved_model.pb")
+    ):
+        return done["path"]
+    if done:  # another PixelNet than the one exported before (more iterations): a new version
+        log.info(
+            f"exporting {pixelnet} as a new version (the last export, {done.get('path')}, is another model)"
+        )
     name = run.cfg.experiment.name + ("" if run.variant == "mcof" else f"-{run.variant}")
     path = export_saved_model(
         os.path.join(pixelnet, training.MODEL_FILE),
@@ -247,7 +254,7 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
         classes,
         run.cfg.input.mean_rgb,
     )
-    write_json_atomic(marker, {"path": path})
+    write_json_atomic(marker, {"path": path, "model": file_digest(model), "pixelnet": pixelnet})
     return path
 
 
@@ -266,12 +273,15 @@ def run_all(
     root = ensure_dataset(cfg.data, data_root)
     check_splits(root, cfg.data)
     run = Run(cfg, workdir, root, variant, beam_options)
-    claim_workdir(run)
-    pixelnet = mcof(run, iterations)
-    if variant != "fully_supervised":  # the mined masks as a product (python -m mcof_tf.export_masks)
-        export_masks(workdir, run.path(MASKS_FOLDER))
-    rep = write_run_report(workdir)
-    if export:
-        classes = common.read_manifest(run.path("records", cfg.data.train_split))["classes"]
-        rep["export"] = export_final(run, pixelnet, classes)
+    writable_dir(workdir)
+    with folder_lock(workdir):  # two runs on one workdir would delete each other's shards
+        claim_workdir(run)
+        pixelnet = mcof(run, iterations)
+        last = 1 if variant == "fully_supervised" else iterations
+        if variant != "fully_supervised":  # the mined masks as a product (python -m mcof_tf.export_masks)
+            export_masks(workdir, run.path(MASKS_FOLDER), last)
+        rep = write_run_report(workdir, last)  # this run's iterations, not folders of a longer earlier run
+        if export:
+            classes = common.read_manifest(run.path("records", cfg.data.train_split))["classes"]
+            rep["export"] = export_final(run, pixelnet, classes)
     return rep

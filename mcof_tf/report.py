@@ -24,7 +24,7 @@ from mcof_tf.fileio import write_bytes_atomic, write_json_atomic
 from mcof_tf.method.labels import paint
 
 
-def _metric_rows(workdir: str) -> list[dict]:
+def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
     rows = []
 
     def add(folder, name, stage, split, iteration):
@@ -37,7 +37,7 @@ def _metric_rows(workdir: str) -> list[dict]:
 
     add("seeds", "seeds", "seeds", "train", 0)
     t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
+    while os.path.isdir(os.path.join(workdir, f"iter{t}")) and (last is None or t <= last):
         add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
         add(f"iter{t}/regions", "refined", "refined", "train", t)
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
@@ -49,12 +49,12 @@ def _metric_rows(workdir: str) -> list[dict]:
     return rows
 
 
-def stage_seconds(workdir: str) -> dict:
+def stage_seconds(workdir: str, last: Optional[int] = None) -> dict:
     """Wall seconds of every finished stage, in the loop's order: the Beam stages' manifests and the
     training stages' train.json (the last attempt's time when a stage was resumed after a kill)."""
     folders = ["records/train", "records/val", "groundtruth", "cam", "seeds"]
     t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
+    while os.path.isdir(os.path.join(workdir, f"iter{t}")) and (last is None or t <= last):
         folders += [f"iter{t}/{f}" for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
         t += 1
     seconds = {}
@@ -69,12 +69,12 @@ def stage_seconds(workdir: str) -> dict:
     return seconds
 
 
-def _strips(workdir: str, n: int = 4) -> Optional[dict]:
+def _strips(workdir: str, n: int = 4, last: Optional[int] = None) -> Optional[dict]:
     """The first `n` training images through the stages, next to the ground truth where there is one
     (Fig. 6)."""
     folders = [("seeds", "seeds")]
     t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")):
+    while os.path.isdir(os.path.join(workdir, f"iter{t}")) and (last is None or t <= last):
         folders += [(f"iter{t}/regions", f"it{t} regions"), (f"iter{t}/masks", f"it{t} PixelNet")]
         t += 1
     folders = [(f, name) for f, name in folders if common.read_manifest(os.path.join(workdir, f))]
@@ -106,8 +106,9 @@ def _strips(workdir: str, n: int = 4) -> Optional[dict]:
     }
 
 
-def report(workdir: str) -> dict:
-    """(Re)compute report.json, report.md and the figures of a workdir from its stages' manifests."""
+def report(workdir: str, last: Optional[int] = None) -> dict:
+    """(Re)compute report.json, report.md and the figures of a workdir from its stages' manifests
+    (iterations up to `last`; default: every finished one)."""
     info_path = os.path.join(workdir, "config.json")
     if not os.path.exists(info_path):
         raise FileNotFoundError(f"{workdir} is not an mcof_tf workdir (no config.json)")
@@ -115,22 +116,29 @@ def report(workdir: str) -> dict:
         info = json.load(f)
     manifest = common.read_manifest(os.path.join(workdir, "records", info["config"]["data"]["train_split"]))
     classes = manifest["classes"] if manifest else []
-    rows = _metric_rows(workdir)
+    rows = _metric_rows(workdir, last)
     return write_report(
         workdir,
         rows,
         classes,
-        _strips(workdir),
+        _strips(workdir, last=last),
         title=f"{info['config']['experiment']['name']} ({info['variant']})",
+        seconds=stage_seconds(workdir, last),
     )
 
 
 def write_report(
-    workdir: str, rows: list[dict], classes: Sequence[str], strips: Optional[dict] = None, title: str = ""
+    workdir: str,
+    rows: list[dict],
+    classes: Sequence[str],
+    strips: Optional[dict] = None,
+    title: str = "",
+    seconds: Optional[dict] = None,
 ) -> dict:
     """report.json, report.md and the figures from rows of
     {"iteration", "stage", "split", "miou", "per_class"}."""
-    report = {"title": title, "classes": list(classes), "stages": rows, "seconds": stage_seconds(workdir)}
+    seconds = stage_seconds(workdir) if seconds is None else seconds
+    report = {"title": title, "classes": list(classes), "stages": rows, "seconds": seconds}
     write_json_atomic(os.path.join(workdir, "report.json"), report)
     _markdown(workdir, rows, classes, title, report["seconds"])
     _progress_figure(workdir, rows)

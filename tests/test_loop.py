@@ -223,3 +223,25 @@ def test_run_record_differences_name_the_keys_and_accept_new_defaults():
     cfg.train.pixelnet.warm_epochs = 5  # ... but not when the new key is set to something else
     changed = {"config": cfg.to_dict(), "variant": "no_saliency", "data_root": "/d"}
     assert loop.run_record_differences(older, changed) == ["config.train.pixelnet.warm_epochs", "variant"]
+
+
+def test_a_shorter_rerun_reports_and_exports_its_own_last_iteration(
+    finished, tiny_root, tmp_path, monkeypatch, caplog
+):
+    import shutil
+
+    caplog.set_level(logging.INFO)
+    cfg, base, rep = finished
+    work = tmp_path / "work"
+    shutil.copytree(base / "work", work)
+    monkeypatch.chdir(tmp_path)
+    again = loop.run_all(cfg, 1, str(work), tiny_root)
+    # a moved workdir: nothing is retrained or relabelled
+    assert "redoing" not in caplog.text and "iter1/pixelnet: trained already" in caplog.text
+    assert "train pixelnet:" not in caplog.text and "relabel pixelnet: 4 records" not in caplog.text
+    # this run's report and export: iteration 1's, not the folders a longer run left
+    assert max(r["iteration"] for r in again["stages"]) == 1 and "iter2/pixelnet" not in again["seconds"]
+    marker = json.loads((work / "export.json").read_text())
+    assert marker["pixelnet"].endswith(os.path.join("iter1", "pixelnet"))
+    assert os.path.exists(os.path.join(again["export"], "saved_model.pb"))
+    assert (work / "iter2" / "pixelnet" / "model.keras").exists()  # left as it was

@@ -167,3 +167,40 @@ def test_a_deleted_or_truncated_shard_makes_the_job_run_again(record_folder, tin
         assert "is missing or changed; redoing the job" in caplog.text
         assert shard.read_bytes() == good
         caplog.clear()
+
+
+def test_one_run_per_folder(tmp_path):
+    import json
+    import socket
+    import subprocess
+
+    from mcof_tf.fileio import folder_lock
+
+    lock = tmp_path / ".lock"
+    for holder in ({"host": socket.gethostname(), "pid": 1}, {"host": "elsewhere", "pid": 12345}):
+        lock.write_text(json.dumps(holder))  # pid 1 runs; another host's process cannot be checked
+        with pytest.raises(ValueError, match=f"in use by pid {holder['pid']} on {holder['host']}"):
+            with folder_lock(str(tmp_path)):
+                pass
+        assert json.loads(lock.read_text()) == holder  # a respected lock is left alone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    with folder_lock(str(tmp_path)):  # a dead process's lock is taken over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_the_loop_refuses_a_workdir_in_use(tiny_root, tmp_path):
+    import json
+    import socket
+
+    from mcof_tf import loop
+    from mcof_tf.config import load_config
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "started": "earlier"}))
+    with pytest.raises(ValueError, match="is in use by pid 1"):
+        loop.run_all(load_config("synthetic"), 1, str(work), tiny_root)
+    assert sorted(p.name for p in work.iterdir()) == [".lock"]  # nothing written
