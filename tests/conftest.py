@@ -89,3 +89,16 @@ def write_groundtruth_records(root, path, limit=None):
 def list_ids(root, split="train"):
     with open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")) as f:
         return f.read().split()
+
+
+def run_job_with_two_workers(module: str, args: list, timeout: int = 300):
+    """`python -m <module> <args>` on DirectRunner's two worker processes, from the repository root,
+    output captured: how the multi-process tests of the Beam jobs run them."""
+    import subprocess
+    import sys
+
+    two = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args, *two], capture_output=True, text=True, timeout=timeout, cwd=root
+    )

@@ -3,13 +3,11 @@
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from conftest import list_ids
+from conftest import list_ids, run_job_with_two_workers
 from PIL import Image
 
 from beam_jobs import preprocess
@@ -121,31 +119,9 @@ def test_dataset_level_errors_stop_the_cli_with_a_message(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_with_two_worker_processes(tiny_root, tmp_path):
     out = tmp_path / "mp"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "beam_jobs.preprocess",
-            "--data-root",
-            tiny_root,
-            "--split",
-            "train",
-            "--out",
-            str(out),
-            "--set",
-            "superpixels.scale=300",
-            "--set",
-            "superpixels.min_size=50",
-            "--direct_num_workers",
-            "2",
-            "--direct_running_mode",
-            "multi_processing",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
+    args = ["--data-root", tiny_root, "--split", "train", "--out", str(out)]
+    args += ["--set", "superpixels.scale=300", "--set", "superpixels.min_size=50"]
+    proc = run_job_with_two_workers("beam_jobs.preprocess", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.load(open(out / "manifest.json"))
     assert m["read"] == m["written"] == len(list_ids(tiny_root)) and m["rejected"] == []

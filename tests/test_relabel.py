@@ -4,13 +4,12 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from conftest import run_job_with_two_workers
 
 from beam_jobs import preprocess, relabel
 from mcof_tf import training
@@ -160,30 +159,8 @@ def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, caplog)
 def test_cli_with_two_worker_processes(base, tmp_path):
     cfg, recs, classes, paths = base
     out = tmp_path / "mp"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "beam_jobs.relabel",
-            "--records",
-            recs,
-            "--model",
-            paths["pixelnet"],
-            "--stage",
-            "pixelnet",
-            "--out",
-            str(out),
-            "--set",
-            "records.num_shards=2",
-            "--direct_num_workers",
-            "2",
-            "--direct_running_mode",
-            "multi_processing",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["--records", recs, "--model", paths["pixelnet"], "--stage", "pixelnet", "--out", str(out)]
+    proc = run_job_with_two_workers("beam_jobs.relabel", args + ["--set", "records.num_shards=2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.load(open(out / "manifest.json"))
     assert m["read"] == m["written"] == 8 and "pixelnet" in m["metrics"] and len(m["shards"]) == 2

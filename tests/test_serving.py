@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_job_with_two_workers
 from PIL import Image
 
 from mcof_tf import export, predict, training
@@ -346,26 +347,8 @@ def test_predict_cli_bad_arguments(exported, image_folder, tmp_path, capsys, arg
 @pytest.mark.slow
 def test_beam_predict_job_two_workers(exported, image_folder, tmp_path):
     out = tmp_path / "beam"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "beam_jobs.predict",
-            "--model",
-            exported["v1"],
-            "--input",
-            str(image_folder),
-            "--output",
-            str(out),
-            "--direct_num_workers",
-            "2",
-            "--direct_running_mode",
-            "multi_processing",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["--model", exported["v1"], "--input", str(image_folder), "--output", str(out)]
+    r = run_job_with_two_workers("beam_jobs.predict", args, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     assert (
