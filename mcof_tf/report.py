@@ -179,36 +179,28 @@ def _markdown(workdir, rows, classes, title, seconds=None):
             f"{num(r.get('object_precision'))} | {num(r.get('object_recall'))} |"
             for r in scored
         ]
-        lines += [
-            "",
-            "Per-class IoU (%):",
-            "",
-            "| iteration | stage | split | " + " | ".join(classes) + " |",
-            "|---|---|---|" + "---|" * len(classes),
-        ]
-        lines += [
-            f"| {r['iteration']} | {r['stage']} | {r['split']} | "
-            + " | ".join(num(r["per_class"].get(c)) for c in classes)
-            + " |"
-            for r in scored
-        ]
-        lines += [
-            "",
-            "Per-class precision / recall (%): precise seeds whose recall grows stage by stage is the "
-            "paper's story.",
-            "",
-            "| iteration | stage | split | " + " | ".join(classes) + " |",
-            "|---|---|---|" + "---|" * len(classes),
-        ]
-        lines += [
-            f"| {r['iteration']} | {r['stage']} | {r['split']} | "
-            + " | ".join(
-                f"{num(r.get('per_class_precision', {}).get(c), 0)} / {num(r.get('per_class_recall', {}).get(c), 0)}"
-                for c in classes
+
+        def class_table(caption, cell):  # one row per scored stage, one column per class
+            head = ["", caption, "", "| iteration | stage | split | " + " | ".join(classes) + " |"]
+            return (
+                head
+                + ["|---|---|---|" + "---|" * len(classes)]
+                + [
+                    f"| {r['iteration']} | {r['stage']} | {r['split']} | "
+                    + " | ".join(cell(r, c) for c in classes)
+                    + " |"
+                    for r in scored
+                ]
             )
-            + " |"
-            for r in scored
-        ]
+
+        lines += class_table("Per-class IoU (%):", lambda r, c: num(r["per_class"].get(c)))
+        lines += class_table(
+            "Per-class precision / recall (%): precise seeds whose recall grows stage by stage is the paper's story.",
+            lambda r, c: (
+                f"{num(r.get('per_class_precision', {}).get(c), 0)} / "
+                f"{num(r.get('per_class_recall', {}).get(c), 0)}"
+            ),
+        )
         lines.append("")
     else:
         lines += ["The dataset has no ground-truth masks: no mIoU. What the labels themselves show:", ""]
