@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from mcof_tf.data.pipeline import dataset_from_config
-from mcof_tf.data.records import MANIFEST, count_records
+from mcof_tf.data.records import MANIFEST, count_records, superpixel_counts
 from mcof_tf.fileio import file_digest, read_json, write_json_atomic
 from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER
@@ -397,6 +397,7 @@ def train(
         ImagePreviews(network, records, num_classes, cfg, os.path.join(out_dir, "logs")),
         *callbacks,
     ]
+    over = regions_over_the_limit(records, cfg) if network == "regionnet" else 0
     log.info(
         f"train {network}: {epochs} epochs x {steps_per_epoch} steps, batch {stage.batch_size}, "
         f"{strategy.num_replicas_in_sync} replica(s), {model.count_params():,} parameters"
@@ -429,6 +430,7 @@ def train(
             "batch_size": stage.batch_size,
             "replicas": strategy.num_replicas_in_sync,
             "inputs": inputs,
+            "images_over_max_regions": over,
             "warm_start": bool(init_from),
         },
     )
@@ -529,6 +531,21 @@ def training_inputs(
             "seed": cfg.experiment.seed,
         },
     }
+
+
+def regions_over_the_limit(records: str, cfg) -> int:
+    """RegionNet classifies superpixels 0..model.max_regions-1 of each training image: count (and say)
+    the images with more, whose other superpixels it does not learn from (relabelling covers them all)."""
+    counts = superpixel_counts(records)
+    limit = cfg.model.max_regions
+    over = sum(n > limit for n in counts)
+    if over:
+        log.warning(
+            f"train regionnet: {over} of {len(counts)} images have more than model.max_regions={limit} "
+            f"superpixels (up to {max(counts)}); RegionNet learns from their first {limit} only; raise "
+            "model.max_regions or superpixels.scale to cover them"
+        )
+    return over
 
 
 def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:

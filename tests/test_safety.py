@@ -204,3 +204,38 @@ def test_the_loop_refuses_a_workdir_in_use(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="is in use by pid 1"):
         loop.run_all(load_config("synthetic"), 1, str(work), tiny_root)
     assert sorted(p.name for p in work.iterdir()) == [".lock"]  # nothing written
+
+
+def test_regionnet_says_how_many_images_have_more_superpixels_than_it_classifies(tmp_path, caplog):
+    import logging
+
+    import tensorflow as tf
+
+    from mcof_tf.config import load_config
+    from mcof_tf.data import records
+    from mcof_tf.training import regions_over_the_limit
+
+    caplog.set_level(logging.INFO)
+    path = str(tmp_path / "r-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for i, n in enumerate((5, 12, 8)):
+            sp = np.arange(n * 2, dtype=np.int32).reshape(2, n) % n
+            w.write(
+                records.encode(
+                    records.Record(
+                        id=f"im{i}",
+                        image_encoded=records.png_bytes(np.zeros((2, n, 3), np.uint8)),
+                        image_format="png",
+                        height=2,
+                        width=n,
+                        tags=records.tags_multi_hot([1], 3),
+                        superpixels=sp,
+                        saliency=np.zeros((2, n), np.uint8),
+                        superpixel_labels=np.zeros(n, np.int64),
+                    )
+                )
+            )
+    assert records.superpixel_counts(path) == [5, 12, 8]
+    cfg = load_config("synthetic", ["model.max_regions=8"])
+    assert regions_over_the_limit(path, cfg) == 1
+    assert "1 of 3 images have more than model.max_regions=8 superpixels (up to 12)" in caplog.text

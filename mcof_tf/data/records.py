@@ -285,6 +285,22 @@ def write_records(path: str, records) -> int:
     return n
 
 
+def superpixel_counts(pattern: str) -> list[int]:
+    """Superpixels per example (the length of its per-superpixel labels; 0 where it has none), read
+    without decoding any image."""
+    import tensorflow as tf
+
+    spec = {SUPERPIXEL_LABELS: tf.io.VarLenFeature(tf.int64)}
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        return []
+    sizes = tf.data.TFRecordDataset(files).map(
+        lambda s: tf.size(tf.io.parse_single_example(s, spec)[SUPERPIXEL_LABELS].values),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return [int(n) for n in sizes.as_numpy_iterator()]
+
+
 def count_records(pattern: str) -> int:
     """Number of examples in every TFRecord file matching `pattern` (0 when none match)."""
     import tensorflow as tf
