@@ -353,6 +353,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(
             f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}"
         )
+    if cfg.records.num_shards < 1:
+        raise ConfigError(f"records.num_shards: expected at least 1, got {cfg.records.num_shards}")
     for network in ("cam", "regionnet", "pixelnet"):
         stage = getattr(cfg.train, network)
         if stage.epochs < 1 or stage.warm_epochs < 0 or stage.batch_size < 1:

@@ -172,10 +172,10 @@ def main(argv=None) -> int:
         if len(mean) != 3:
             raise ValueError("--mean-rgb needs three values")
         writable_dir(a.out)
-    except (DatasetError, ValueError, OSError) as e:  # FileNotFoundError: no model
+        export_saved_model(path, a.out, classes, mean, a.max_side, a.max_pixels)
+    except (DatasetError, ValueError, OSError) as e:  # FileNotFoundError: no model; ValueError: class count
         print(f"error: {e}", file=sys.stderr)
         return 2
-    export_saved_model(path, a.out, classes, mean, a.max_side, a.max_pixels)
     return 0
 
 

@@ -55,6 +55,7 @@ CASES = {
     "unknown key": (train, ["--set", "model.nope=1"], "unknown config key 'model.nope'"),
     "wrong type": (train, ["--set", "train.cam.epochs=abc"], "train.cam.epochs: expected an integer"),
     "bad choice": (train, ["--set", "labels.tag_rule=maybe"], "labels.tag_rule"),
+    "no shards": (train, ["--set", "records.num_shards=0"], "records.num_shards: expected at least 1"),
     "unsafe yaml": (train, ["--config", "YAML:model: !!python/object/apply:os.system ['true']"], "c.yaml"),
     "yaml not a mapping": (train, ["--config", "YAML:- a\n- b\n"], "c.yaml"),
     # paths given to the CLIs

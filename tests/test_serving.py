@@ -71,9 +71,14 @@ def test_export_writes_numbered_versions_with_class_names(exported):
     assert not [d for d in os.listdir(os.path.dirname(exported["v1"])) if d.endswith(".tmp")]
 
 
-def test_export_refuses_class_names_that_do_not_match_the_model(exported, tmp_path):
+def test_export_refuses_class_names_that_do_not_match_the_model(exported, tmp_path, capsys):
     with pytest.raises(ValueError, match="predicts 3 classes but 2"):
         export.export_saved_model(exported["keras"], str(tmp_path / "m"), CLASSES[:2], MEAN)
+    # the CLI without --classes (the 21 VOC names) on this 3-class model: one line, exit 2, no version
+    assert export.main(["--checkpoint", exported["keras"], "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "predicts 3 classes but 21" in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "cli") == []
 
 
 SERVE_SCRIPT = textwrap.dedent(r"""
