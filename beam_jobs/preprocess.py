@@ -31,6 +31,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
+from mcof_tf.config import Config
 from mcof_tf.fileio import check_output_apart
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class PreprocessFn(beam.DoFn):
         return records.encode(rec)
 
 
-def run(data_root: str, split: str, out_dir: str, cfg, pipeline_options=None) -> dict:
+def run(data_root: str, split: str, out_dir: str, cfg: Config, pipeline_options=None) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     from dataclasses import asdict
 

@@ -38,6 +38,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
+from mcof_tf.config import Config
 from mcof_tf.fileio import check_output_apart, file_digest
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def run(
     model: Optional[str],
     stage: str,
     out_dir: str,
-    cfg,
+    cfg: Config,
     num_classes: int,
     classes: Sequence[str],
     pipeline_options=None,

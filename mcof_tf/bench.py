@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mcof_tf import log as log_setup
+from mcof_tf.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def bench_serve(args) -> None:
         )
 
 
-def _synthetic_records(cfg, root: str) -> str:
+def _synthetic_records(cfg: Config, root: str) -> str:
     """Preprocessed records of the benchmark's train split (made once under the experiment's workdir)."""
     from beam_jobs import preprocess
 

@@ -41,7 +41,7 @@ MASKS_FOLDER = "SegmentationClassAug"  # the final training-set masks as palette
 class Run:
     """One run's settings and where it writes."""
 
-    cfg: object
+    cfg: Config
     workdir: str
     data_root: str
     variant: str = "mcof"
@@ -259,7 +259,7 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
 
 
 def run_all(
-    cfg,
+    cfg: Config,
     iterations: int,
     workdir: Optional[str] = None,
     data_root: Optional[str] = None,

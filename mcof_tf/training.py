@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mcof_tf.config import Config
 from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import MANIFEST, count_records, superpixel_counts
 from mcof_tf.fileio import file_digest, read_json, write_json_atomic
@@ -83,12 +84,12 @@ class Network:
     batch: Callable[..., tuple]  # (pipeline batch dict, num_classes, cfg) → (inputs, targets)
 
 
-def _build_cam(num_classes, cfg):
+def _build_cam(num_classes, cfg: Config):
     m = cfg.model
     return build_cam(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.batch_norm)
 
 
-def _build_regionnet(num_classes, cfg):
+def _build_regionnet(num_classes, cfg: Config):
     m = cfg.model
     return build_regionnet(
         num_classes,
@@ -105,7 +106,7 @@ def _build_regionnet(num_classes, cfg):
     )
 
 
-def _build_pixelnet(num_classes, cfg):
+def _build_pixelnet(num_classes, cfg: Config):
     m = cfg.model
     return deeplab_largefov(
         num_classes,
@@ -119,26 +120,26 @@ def _build_pixelnet(num_classes, cfg):
     )
 
 
-def _cam_batch(b, num_classes, cfg):
+def _cam_batch(b, num_classes, cfg: Config):
     return b["image"], b["tags"]
 
 
-def _regionnet_batch(b, num_classes, cfg):
+def _regionnet_batch(b, num_classes, cfg: Config):
     targets = region_labels(b["labels"], b["superpixels"], cfg.model.max_regions, num_classes)
     return {"image": b["image"], "superpixels": b["superpixels"]}, targets
 
 
-def _pixelnet_batch(b, num_classes, cfg):
+def _pixelnet_batch(b, num_classes, cfg: Config):
     return b["image"], b["labels"]
 
 
-def _masked_ce(cfg):
+def _masked_ce(cfg: Config):
     return losses.MaskedCrossEntropy(
         class_balance=cfg.train.class_balance, upsample=cfg.train.upsample_logits
     )
 
 
-def _tag_bce(cfg):
+def _tag_bce(cfg: Config):
     return losses.TagCrossEntropy(class_balance=cfg.train.class_balance)
 
 
@@ -213,7 +214,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def input_dataset(
-    network: str, records: str, cfg, num_classes: int, batch_size: int, shard: tuple[int, int] = (1, 0)
+    network: str,
+    records: str,
+    cfg: Config,
+    num_classes: int,
+    batch_size: int,
+    shard: tuple[int, int] = (1, 0),
 ) -> tf.data.Dataset:
     """The training input of `network`: augmented batches as (inputs, targets); `shard`: (number of
     input pipelines, this one's index) when several workers read the records."""
@@ -236,7 +242,7 @@ def input_dataset(
 def distributed_input(
     network: str,
     records: str,
-    cfg,
+    cfg: Config,
     num_classes: int,
     global_batch: int,
     strategy: tf.distribute.Strategy,
@@ -261,7 +267,7 @@ def distributed_input(
 
 
 def compiled_network(
-    network: str, cfg, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy
+    network: str, cfg: Config, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy
 ) -> keras.Model:
     """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics."""
     net = NETWORKS[network]
@@ -297,7 +303,14 @@ class ImagePreviews(keras.callbacks.Callback):
     tagged classes' strongest CAM as a heat map; RegionNet, PixelNet: their label map, no tag rule)."""
 
     def __init__(
-        self, network: str, records: str, num_classes: int, cfg, log_dir: str, count: int = 3, every: int = 5
+        self,
+        network: str,
+        records: str,
+        num_classes: int,
+        cfg: Config,
+        log_dir: str,
+        count: int = 3,
+        every: int = 5,
     ):
         super().__init__()
         ds = dataset_from_config(records, num_classes, cfg.input, training=False, batch_size=1, repeat=False)
@@ -347,7 +360,7 @@ def train(
     network: str,
     records: str,
     out_dir: str,
-    cfg,
+    cfg: Config,
     num_classes: int,
     *,
     strategy: Optional[tf.distribute.Strategy] = None,
@@ -509,7 +522,7 @@ INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it
 
 
 def training_inputs(
-    network: str, records: str, cfg, num_classes: int, init_from: Optional[str] = None
+    network: str, records: str, cfg: Config, num_classes: int, init_from: Optional[str] = None
 ) -> dict:
     """Everything a training stage's result depends on: the records (their folder's manifest
     fingerprint, else the shard files' sizes), the starting weights and the config sections that
@@ -533,7 +546,7 @@ def training_inputs(
     }
 
 
-def regions_over_the_limit(records: str, cfg) -> int:
+def regions_over_the_limit(records: str, cfg: Config) -> int:
     """RegionNet classifies superpixels 0..model.max_regions-1 of each training image: count (and say)
     the images with more, whose other superpixels it does not learn from (relabelling covers them all)."""
     counts = superpixel_counts(records)
