@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mcof_tf.export import CLASSES_FILE, MAX_SIDE
-from mcof_tf.fileio import write_bytes_atomic
+from mcof_tf.fileio import pattern_folder, write_bytes_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 OVERLAYS = "overlays"
@@ -34,8 +34,8 @@ def list_inputs(images: str) -> tuple[str, list[str]]:
             if f.lower().endswith(IMAGE_EXTENSIONS)
         ]
     else:
-        wild = min((images.find(c) for c in "*?[" if c in images), default=len(images))
-        base = images[:wild].rsplit("/", 1)[0] if "/" in images[:wild] else "."
+        is_glob = any(c in images for c in "*?[")
+        base = pattern_folder(images) if is_glob else (os.path.dirname(images) or ".")
         found = [p for p in tf.io.gfile.glob(images) if not tf.io.gfile.isdir(p)]
     if not found:
         raise FileNotFoundError(f"no images found at {images}")

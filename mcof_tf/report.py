@@ -20,8 +20,16 @@ from beam_jobs import common
 from mcof_tf import log as log_setup
 from mcof_tf.data import records
 from mcof_tf.data.voc import IGNORE_LABEL
-from mcof_tf.fileio import write_bytes_atomic, write_json_atomic
+from mcof_tf.fileio import read_json, write_bytes_atomic, write_json_atomic
 from mcof_tf.method.labels import paint
+
+
+def _iterations(workdir: str, last: Optional[int] = None) -> list[int]:
+    """1, 2, ... for every iter<t> folder of the workdir, up to `last` (None: all)."""
+    t = 0
+    while os.path.isdir(os.path.join(workdir, f"iter{t + 1}")) and (last is None or t < last):
+        t += 1
+    return list(range(1, t + 1))
 
 
 def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
@@ -36,8 +44,7 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
             )
 
     add("seeds", "seeds", "seeds", "train", 0)
-    t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")) and (last is None or t <= last):
+    for t in _iterations(workdir, last):
         add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
         add(f"iter{t}/regions", "refined", "refined", "train", t)
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
@@ -45,7 +52,6 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
         add(f"iter{t}/masks", "masks", "masks", "train", t)  # the next seeds, when a confidence cut applies
         add(f"iter{t}/val", "pixelnet", "pixelnet", "val", t)
         add(f"iter{t}/val", "pixelnet_crf", "pixelnet_crf", "val", t)
-        t += 1
     return rows
 
 
@@ -53,17 +59,12 @@ def stage_seconds(workdir: str, last: Optional[int] = None) -> dict:
     """Wall seconds of every finished stage, in the loop's order: the Beam stages' manifests and the
     training stages' train.json (the last attempt's time when a stage was resumed after a kill)."""
     folders = ["records/train", "records/val", "groundtruth", "cam", "seeds"]
-    t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")) and (last is None or t <= last):
+    for t in _iterations(workdir, last):
         folders += [f"iter{t}/{f}" for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
-        t += 1
     seconds = {}
     for folder in folders:
         path = os.path.join(workdir, folder)
-        info = common.read_manifest(path)
-        if info is None and os.path.exists(os.path.join(path, "train.json")):
-            with open(os.path.join(path, "train.json")) as f:
-                info = json.load(f)
+        info = common.read_manifest(path) or read_json(os.path.join(path, "train.json"))
         if info and info.get("seconds") is not None:
             seconds[folder] = round(float(info["seconds"]), 1)
     return seconds
@@ -73,10 +74,8 @@ def _strips(workdir: str, n: int = 4, last: Optional[int] = None) -> Optional[di
     """The first `n` training images through the stages, next to the ground truth where there is one
     (Fig. 6)."""
     folders = [("seeds", "seeds")]
-    t = 1
-    while os.path.isdir(os.path.join(workdir, f"iter{t}")) and (last is None or t <= last):
+    for t in _iterations(workdir, last):
         folders += [(f"iter{t}/regions", f"it{t} regions"), (f"iter{t}/masks", f"it{t} PixelNet")]
-        t += 1
     folders = [(f, name) for f, name in folders if common.read_manifest(os.path.join(workdir, f))]
     if not folders:
         return None

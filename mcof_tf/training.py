@@ -526,14 +526,15 @@ def training_inputs(
 ) -> dict:
     """Everything a training stage's result depends on: the records (their folder's manifest
     fingerprint, else the shard files' sizes), the starting weights and the config sections that
-    shape the network and its schedule. A trained stage whose record of these differs is redone."""
+    shape the network and its schedule. A trained stage whose record of these differs is redone.
+    Returned as JSON gives it back, so that it compares equal to the record read from disk."""
     folder = os.path.dirname(records)
     manifest = read_json(os.path.join(folder, MANIFEST)) or {}
     shards = {p: tf.io.gfile.stat(p).length for p in sorted(tf.io.gfile.glob(records))}
     train = {
         k: v for k, v in asdict(cfg.train).items() if k not in ("cam", "regionnet", "pixelnet", "devices")
     }
-    return {
+    inputs = {
         "records": manifest.get("fingerprint") or shards,
         "init_from": file_digest(init_from) if init_from else None,
         "num_classes": num_classes,
@@ -544,6 +545,7 @@ def training_inputs(
             "seed": cfg.experiment.seed,
         },
     }
+    return json.loads(json.dumps(inputs))
 
 
 def regions_over_the_limit(records: str, cfg: Config) -> int:
@@ -567,7 +569,7 @@ def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:
     if done is None or "inputs" not in done:
         return "it has no record of its inputs"
     for key in ("records", "init_from", "num_classes", "config"):
-        if done["inputs"].get(key) != json.loads(json.dumps(inputs[key])):
+        if done["inputs"].get(key) != inputs[key]:
             return {
                 "records": "its input records changed",
                 "init_from": "the network it starts from changed",
