@@ -16,6 +16,7 @@ python -m mcof_tf.bench method [--config C] [--seeds 0,1,2]        the MCOF loop
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -146,25 +147,30 @@ def _time_fit(model, ds, steps: int) -> float:
     clock = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter())
     )
-    model.fit(ds, epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock])
+    model.fit(ds, epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock], shuffle=False)
     return float(np.median(np.diff(stamps[1:])))  # the first steps trace, compile and fill buffers
 
 
 def bench_train(args) -> None:
     import tensorflow as tf
 
-    from mcof_tf import training
+    from mcof_tf import precision, training
     from mcof_tf.config import load_config
     from mcof_tf.data import ensure_dataset
 
     ceiling = matmul_flops_per_second()
     print(f"fp32 matmul ceiling (2048x2048, TensorFlow): {ceiling / 1e9:.1f} GFLOP/s", flush=True)
+    policies = (args.precision,)
+    if args.precision == "all":  # fp16 only where it can pay: CPUs have no fast fp16 (TF emulates it)
+        gpus = precision.gpu_capabilities()
+        policies = ("float32", "mixed_bfloat16") + (("mixed_float16",) if gpus else ())
+    print(f"auto picks {' because '.join(precision.resolve('auto'))}", flush=True)
     strategy = training.make_strategy()
-    for label, config, overrides in (
-        ("CPU config", "synthetic", []),
-        ("paper 321 crop", "voc2012_vgg16", ["model.weights=none"]),
+    for (label, config, overrides), policy in itertools.product(
+        (("CPU config", "synthetic", []), ("paper 321 crop", "voc2012_vgg16", ["model.weights=none"])),
+        policies,
     ):
-        cfg = load_config(config, overrides + args.overrides)
+        cfg = load_config(config, overrides + args.overrides + [f"train.mixed_precision={policy}"])
         num_classes = 21 if config == "voc2012_vgg16" else 7
         crop, batch = cfg.input.crop_size, args.batch or cfg.train.pixelnet.batch_size
         model = training.compiled_network("pixelnet", cfg, num_classes, 1000, strategy)
@@ -174,7 +180,8 @@ def bench_train(args) -> None:
         y = rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32)
         t_mem = _time_fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(), args.steps)
         line = (
-            f"{label}: PixelNet {cfg.model.backbone} crop {crop} batch {batch}: {t_mem:.3f} s/step, "
+            f"{label}, {model.dtype_policy.name}: PixelNet {cfg.model.backbone} crop {crop} batch {batch}: "
+            f"{t_mem:.3f} s/step, "
             f"{batch / t_mem:.2f} images/s, {flops / 1e9:.1f} GFLOP/step, {flops / t_mem / 1e9:.1f} GFLOP/s "
             f"= {flops / t_mem / ceiling:.2f} of the matmul ceiling"
         )
@@ -490,6 +497,12 @@ def main(argv=None) -> int:
     pt.add_argument("--batch", type=int, default=0, help="batch size (default: the config's)")
     pt.add_argument("--records", default=None, help="TFRecords for the input-pipeline measurement")
     pt.add_argument("--set", dest="overrides", action="append", default=[])
+    pt.add_argument(
+        "--precision",
+        default="auto",
+        choices=("all", "auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        help="dtype policy to time (all: float32 and mixed_bfloat16 side by side, and mixed_float16 on GPUs)",
+    )
     pv = sub.add_parser("serve", help="SavedModel latency per image vs a direct Keras forward")
     pv.add_argument("--images", type=int, default=10)
     pv.add_argument("--repeats", type=int, default=3)

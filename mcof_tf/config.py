@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
+from mcof_tf.precision import POLICIES
+
 # The configs shipped with the package's source tree (used when a bare name like "synthetic" is given).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -173,7 +175,9 @@ class TrainConfig:
     # PixelNet's loss on logits upsampled to the label size (true) or on labels shrunk to the logits'
     # 1/8 size by nearest sampling (false, DeepLab-LargeFOV), which keeps one pixel in 64
     upsample_logits: bool = False
-    mixed_precision: bool = False  # mixed_float16 (for GPUs)
+    # Keras dtype policy of the three networks: auto | float32 | mixed_bfloat16 | mixed_float16; auto:
+    # bf16 where the hardware has it natively, fp16 on older GPUs, else float32 (mcof_tf.precision)
+    mixed_precision: str = "auto"
     # XLA-compile the train step. Keras' "auto" leaves it off on CPU-only machines, where it is the
     # difference between 0.41 and 0.63 of the matmul ceiling for a DeepLab-LargeFOV step (bench train).
     jit_compile: bool = True
@@ -214,6 +218,7 @@ _CHOICES = {
     "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
     "labels.tag_rule": ("restrict", "background"),
     "data.synthetic.backgrounds": ("photos", "grey"),
+    "train.mixed_precision": POLICIES,
 }
 
 

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mcof_tf import precision
 from mcof_tf.config import Config
 from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import MANIFEST, count_records, superpixel_counts
@@ -272,10 +273,11 @@ def compiled_network(
     """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics."""
     net = NETWORKS[network]
     stage = getattr(cfg.train, network)
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    policy, why = precision.resolve(cfg.train.mixed_precision, cfg.train.devices)
+    log.info(f"train {network}: dtype policy {policy} ({why})")
     keras.utils.set_random_seed(cfg.experiment.seed)
-    with strategy.scope():
+    # the policy is the model's own (saved with it); compile adds loss scaling under mixed_float16
+    with strategy.scope(), precision.dtype_policy(policy):
         model = net.build(num_classes, cfg)
         classifier = model.get_layer(net.classifier)
         mult = cfg.train.classifier_lr_mult
@@ -445,6 +447,7 @@ def train(
             "inputs": inputs,
             "images_over_max_regions": over,
             "warm_start": bool(init_from),
+            "dtype_policy": model.dtype_policy.name,
         },
     )
     save_model(model, os.path.join(out_dir, MODEL_FILE))
@@ -476,8 +479,11 @@ def _fit_multi_worker(
             outputs = model(inputs, training=True)
             # each replica's mean loss / replicas: the all-reduced (summed) gradient is the global mean's
             loss = (loss_fn(targets, outputs) + tf.add_n(model.losses or [tf.constant(0.0)])) / replicas
+            # mixed_float16: compile wrapped the optimizer in a LossScaleOptimizer, which scales the loss
+            # here (small fp16 gradients would underflow) and unscales the gradients in apply_gradients
+            scaled = optimizer.scale_loss(loss)
         optimizer.apply_gradients(
-            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            zip(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
         )
         return loss
 

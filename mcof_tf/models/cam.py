@@ -39,7 +39,9 @@ def build_cam(
         name=FEATURES,
     )(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    logits = layers.Dense(num_classes - 1, kernel_regularizer=_regularizer(weight_decay), name=CLASSIFIER)(x)
+    logits = layers.Dense(
+        num_classes - 1, kernel_regularizer=_regularizer(weight_decay), dtype="float32", name=CLASSIFIER
+    )(x)  # float32 logits under any dtype policy (mcof_tf.precision): losses and outputs stay exact
     model = keras.Model(image, logits, name=name)
     load_backbone_weights(model, backbone, weights)
     return model
@@ -71,6 +73,7 @@ def class_activation_maps(
         )
         for mirrored in (False, True) if flip else (False,):
             features, _ = extractor(x[:, :, ::-1] if mirrored else x, training=False)
+            features = ops.cast(features, "float32")  # bf16/fp16 under a mixed dtype policy
             cams = ops.relu(ops.einsum("bhwk,kc->bhwc", features, classifier_kernel))
             cams = cams / ops.maximum(ops.max(cams, axis=(1, 2), keepdims=True), 1e-5)
             cams = cams[:, :, ::-1] if mirrored else cams

@@ -39,6 +39,7 @@ def deeplab_largefov(
             padding="same",
             dilation_rate=fc6_dilation,
             kernel_regularizer=reg,
+            dtype="float32",  # float32 logits under any dtype policy (mcof_tf.precision)
             name=CLASSIFIER,
         )(x)
     else:
@@ -61,6 +62,7 @@ def deeplab_largefov(
             1,
             kernel_regularizer=reg,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            dtype="float32",  # float32 logits under any dtype policy (mcof_tf.precision)
             name=CLASSIFIER,
         )(x)
     model = keras.Model(image, logits, name=name)

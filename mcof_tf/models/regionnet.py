@@ -72,7 +72,10 @@ class MaskedRoIPooling(layers.Layer):
         boxes = tf.where(present[:, None], boxes, 0.0)  # absent regions: a dummy box, masked below
         box_images = tf.repeat(tf.range(b), r)
         size = self.pool_size * self.sampling_ratio
-        crops = tf.image.crop_and_resize(features, boxes, box_images, [size, size], method="bilinear")
+        # crop_and_resize has no bf16 kernel and returns float32: pool in float32, hand back the input's dtype
+        crops = tf.image.crop_and_resize(
+            tf.cast(features, tf.float32), boxes, box_images, [size, size], method="bilinear"
+        )
         ids = tf.image.crop_and_resize(
             tf.cast(sp, tf.float32)[..., None], boxes, box_images, [size, size], method="nearest"
         )
@@ -81,7 +84,7 @@ class MaskedRoIPooling(layers.Layer):
         crops = crops * tf.cast(inside, crops.dtype)[..., None]
         pooled = tf.nn.max_pool2d(crops, self.sampling_ratio, self.sampling_ratio, "VALID")
         c = tf.shape(features)[-1]
-        out = tf.reshape(pooled, [b, r, self.pool_size, self.pool_size, c])
+        out = tf.reshape(tf.cast(pooled, features.dtype), [b, r, self.pool_size, self.pool_size, c])
         if features.shape[-1] is not None:
             out = tf.ensure_shape(out, [None, r, self.pool_size, self.pool_size, features.shape[-1]])
         return out
@@ -126,6 +129,7 @@ def build_regionnet(
         num_classes,
         kernel_regularizer=reg,
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        dtype="float32",  # float32 logits under any dtype policy (mcof_tf.precision)
         name=CLASSIFIER,
     )(x)
     model = keras.Model({"image": image, "superpixels": superpixels}, logits, name=name)

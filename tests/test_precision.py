@@ -1,0 +1,123 @@
+"""Mixed precision chosen by the hardware: the selection rule, per-stage policies, every training path
+under each policy this CPU can run, and the export of a bf16-trained PixelNet (float32 outputs)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mcof_tf import export, precision, training
+from mcof_tf.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize(
+    "setting, flags, gpus, want",
+    [
+        ("auto", {"avx512f", "avx512_bf16"}, [], "mixed_bfloat16"),  # AMD EPYC (Zen 4), Cooper Lake
+        ("auto", {"avx512f", "amx_bf16", "amx_tile"}, [], "mixed_bfloat16"),  # Sapphire Rapids
+        ("auto", {"avx512f", "avx2"}, [], "float32"),  # AVX-512 Xeon without bf16: emulated, slower
+        ("auto", set(), [], "float32"),  # flags unreadable
+        ("auto", set(), [(8, 0)], "mixed_bfloat16"),  # A100
+        ("auto", {"avx512_bf16"}, [(9, 0), (8, 6)], "mixed_bfloat16"),  # the GPUs decide, not the CPU
+        ("auto", {"avx512_bf16"}, [(7, 0)], "mixed_float16"),  # V100: fp16 tensor cores
+        ("auto", {"avx512_bf16"}, [(8, 0), (7, 5)], "mixed_float16"),  # the oldest GPU decides
+        ("auto", set(), [(6, 1)], "float32"),  # Pascal
+        ("float32", {"avx512_bf16"}, [(8, 0)], "float32"),  # an explicit setting wins
+        ("mixed_float16", set(), [], "mixed_float16"),
+    ],
+)
+def test_the_policy_follows_the_hardware(setting, flags, gpus, want):
+    policy, why = precision.choose_policy(setting, flags, gpus)
+    assert policy == want and why
+
+
+def test_unknown_policies_are_refused():
+    with pytest.raises(ValueError, match="mixed_precision"):
+        precision.choose_policy("bfloat16")
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config("synthetic", ["train.mixed_precision=fp16"])
+    assert load_config("synthetic").train.mixed_precision == "auto"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nflags : x\n")
+    assert precision.cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
+    assert precision.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_a_policy_applies_to_its_models_only():
+    before = keras.config.dtype_policy().name
+    with precision.dtype_policy("mixed_bfloat16"):
+        inside = keras.layers.Dense(2)
+    after = keras.layers.Dense(2)
+    assert inside.dtype_policy.name == "mixed_bfloat16"
+    assert after.dtype_policy.name == before == keras.config.dtype_policy().name == "float32"
+
+
+def _tiny(tiny_cfg, policy):
+    cfg = tiny_cfg
+    cfg.train.mixed_precision = policy
+    cfg.model.width, cfg.model.dropout, cfg.model.max_regions, cfg.model.region_fc = 0.125, 0.0, 160, 32
+    cfg.input.min_scale = cfg.input.max_scale = 1.0
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("network", ["cam", "regionnet", "pixelnet"])
+def test_every_network_trains_under_each_policy(network, policy, labelled_records, tiny_cfg, tmp_path):
+    cfg = _tiny(tiny_cfg, policy)
+    model = training.train(
+        network, labelled_records, str(tmp_path), cfg, 7, epochs=1, steps_per_epoch=2, verbose=0
+    )
+    assert model.dtype_policy.name == policy
+    assert keras.config.dtype_policy().name == "float32"  # nothing leaks into the next stage
+    # loss scaling exactly where fp16 needs it
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    assert np.isfinite(model.history.history["loss"]).all()
+    assert training.read_json(str(tmp_path / "train.json"))["dtype_policy"] == policy
+    reloaded = training.load_model(str(tmp_path / training.MODEL_FILE))
+    # the saved layers keep their policy (the backbone's convolutions; the classifier is float32)
+    convs = [l for l in training.all_layers(reloaded) if isinstance(l, keras.layers.Conv2D)]
+    assert convs[0].dtype_policy.name == policy
+    batch = next(iter(training.input_dataset(network, labelled_records, cfg, 7, 2)))[0]
+    logits = reloaded(batch, training=False)
+    assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()  # the classifier is float32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_the_multi_worker_loop_trains_under_mixed_policies(policy, labelled_records, tiny_cfg, tmp_path):
+    """The plain loop the multi-worker path uses (Keras fit is not called there) scales fp16 losses."""
+    cfg = _tiny(tiny_cfg, policy)
+    strategy = tf.distribute.get_strategy()
+    model = training.compiled_network("pixelnet", cfg, 7, 4, strategy)
+    before = [w.copy() for w in model.get_weights()]
+    ds = training.distributed_input("pixelnet", labelled_records, cfg, 7, 2, strategy)
+    training._fit_multi_worker(model, ds, strategy, 2, 2, str(tmp_path / "backup"), 0, str(tmp_path / "logs"))
+    after = model.get_weights()
+    assert all(np.isfinite(w).all() for w in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))  # it learnt (no skipped steps)
+
+
+@pytest.mark.slow
+def test_a_bf16_trained_pixelnet_exports_with_float32_outputs(labelled_records, tiny_cfg, tmp_path):
+    cfg = _tiny(tiny_cfg, "mixed_bfloat16")
+    model = training.train(
+        "pixelnet", labelled_records, str(tmp_path / "t"), cfg, 7, epochs=1, steps_per_epoch=2, verbose=0
+    )
+    classes = [f"c{i}" for i in range(7)]
+    path = export.export_saved_model(
+        str(tmp_path / "t" / training.MODEL_FILE), str(tmp_path / "sm"), classes, cfg.input.mean_rgb
+    )
+    served = tf.saved_model.load(path).signatures["predict_logits"]
+    assert {k: v.dtype for k, v in served.structured_outputs.items()} == {
+        "logits": tf.float32,
+        "probabilities": tf.float32,
+    }
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (1, 40, 56, 3)).astype(np.float32)
+    got = served(images=tf.constant(image))["logits"].numpy()
+    want = model(image - np.asarray(cfg.input.mean_rgb, np.float32), training=False).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
