@@ -193,7 +193,12 @@ def finish(
 
 
 def split_args(parser, argv: Optional[Iterable[str]]):
-    """Parse the job's own flags; everything else is handed to Beam's PipelineOptions."""
+    """Parse the job's own flags; everything else is handed to Beam's PipelineOptions.
+
+    Not `PipelineOptions` subclasses, on purpose: Beam parses every subclass imported in the process
+    with one shared parser. Tried with Beam 2.77: two subclasses both declaring `--out` share one value
+    (the first declaration's type wins, silently), and one subclass's `required=True` flag makes every
+    other job's `view_as` exit ("the following arguments are required"); the loop imports all jobs."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     args, beam_args = parser.parse_known_args(argv)

@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
-from mcof_tf.fileio import check_output_apart
+from mcof_tf.fileio import check_output_apart, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -90,60 +90,61 @@ def run(
     base, paths = list_inputs(inputs)
     check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
     common.writable_dir(out_dir)
-    claim_output(out_dir, model, scales, crf)
-    paths, collisions = unique_outputs(paths, base)
-    for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
-        for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
-            tf.io.gfile.remove(path)
-    started = time.time()
-    log.info(f"predict: {len(paths) + len(collisions)} images from {inputs} → {out_dir}")
-    fn = PredictFn(model, base, out_dir, scales, crf, overlay)
+    with folder_lock(out_dir):  # two runs on one folder would share their summary files
+        claim_output(out_dir, model, scales, crf)
+        paths, collisions = unique_outputs(paths, base)
+        for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
+            for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
+                tf.io.gfile.remove(path)
+        started = time.time()
+        log.info(f"predict: {len(paths) + len(collisions)} images from {inputs} → {out_dir}")
+        fn = PredictFn(model, base, out_dir, scales, crf, overlay)
 
-    def build(p):
-        results = (
-            p
-            | "Paths" >> beam.Create(paths)
-            | "Spread" >> beam.Reshuffle()
-            | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs")
-        )
-        results.outputs | "WriteOutputs" >> common.WriteLines(out_dir, OUTPUTS, ".txt")
-        named = p | "NameCollisions" >> beam.Create([json.dumps(r) for r in collisions])
-        (
-            (results[common.REJECTED], named)
-            | "AllRejected" >> beam.Flatten()
-            | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
-        )
+        def build(p):
+            results = (
+                p
+                | "Paths" >> beam.Create(paths)
+                | "Spread" >> beam.Reshuffle()
+                | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs")
+            )
+            results.outputs | "WriteOutputs" >> common.WriteLines(out_dir, OUTPUTS, ".txt")
+            named = p | "NameCollisions" >> beam.Create([json.dumps(r) for r in collisions])
+            (
+                (results[common.REJECTED], named)
+                | "AllRejected" >> beam.Flatten()
+                | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
+            )
 
-    common.run_pipeline(pipeline_options, build, "predict")
-    with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
-        done = [line.split("\t") for line in f.read().splitlines() if line]
-    missing = [target for _, target in done if not tf.io.gfile.exists(target)]
-    if missing:
-        raise RuntimeError(f"{len(missing)} label maps listed as written are missing, e.g. {missing[0]}")
-    fingerprint = common.fingerprint(
-        {
-            "job": "predict",
-            "model": model,
-            "inputs": paths,
-            "scales": list(scales),
-            "crf": crf,
-            "overlay": overlay,
-        }
-    )
-    manifest = common.finish(
-        out_dir,
-        "",
-        len(paths) + len(collisions),
-        fingerprint,
-        started,
-        {"model": model, "input": inputs},
-        written=len(done),
-    )
-    log.info(
-        f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
-        f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s"
-    )
-    return manifest
+        common.run_pipeline(pipeline_options, build, "predict")
+        with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
+            done = [line.split("\t") for line in f.read().splitlines() if line]
+        missing = [target for _, target in done if not tf.io.gfile.exists(target)]
+        if missing:
+            raise RuntimeError(f"{len(missing)} label maps listed as written are missing, e.g. {missing[0]}")
+        fingerprint = common.fingerprint(
+            {
+                "job": "predict",
+                "model": model,
+                "inputs": paths,
+                "scales": list(scales),
+                "crf": crf,
+                "overlay": overlay,
+            }
+        )
+        manifest = common.finish(
+            out_dir,
+            "",
+            len(paths) + len(collisions),
+            fingerprint,
+            started,
+            {"model": model, "input": inputs},
+            written=len(done),
+        )
+        log.info(
+            f"predict: read {manifest['read']}, written {manifest['written']}, rejected "
+            f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s"
+        )
+        return manifest
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

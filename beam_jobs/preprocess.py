@@ -32,7 +32,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs import common
 from mcof_tf import log as log_setup
 from mcof_tf.config import Config
-from mcof_tf.fileio import check_output_apart
+from mcof_tf.fileio import check_output_apart, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -159,50 +159,51 @@ def run(data_root: str, split: str, out_dir: str, cfg: Config, pipeline_options=
             "files": dataset.content_signature(ids),  # an edited image, mask or annotation redoes the job
         }
     )
-    if common.is_complete(out_dir, fingerprint):
-        log.info(f"preprocess: {out_dir} is complete already; nothing to do")
-        return common.read_manifest(out_dir)
-    common.prepare_output(out_dir, split)
-    started = time.time()
-    log.info(f"preprocess: {len(ids)} ids of split '{split}' from {dataset.root} → {out_dir}")
-    fn = PreprocessFn(
-        dataset.root,
-        dataset.classes,
-        cfg.data.mask_dirs,
-        asdict(cfg.superpixels),
-        cfg.saliency.method,
-        cfg.data.max_side,
-    )
-
-    def build(p):
-        results = (
-            p
-            | "Ids" >> beam.Create(ids)
-            | "Spread" >> beam.Reshuffle()
-            | "Preprocess" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="records")
+    with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
+        if common.is_complete(out_dir, fingerprint):
+            log.info(f"preprocess: {out_dir} is complete already; nothing to do")
+            return common.read_manifest(out_dir)
+        common.prepare_output(out_dir, split)
+        started = time.time()
+        log.info(f"preprocess: {len(ids)} ids of split '{split}' from {dataset.root} → {out_dir}")
+        fn = PreprocessFn(
+            dataset.root,
+            dataset.classes,
+            cfg.data.mask_dirs,
+            asdict(cfg.superpixels),
+            cfg.saliency.method,
+            cfg.data.max_side,
         )
-        {
-            "records": results.records,
-            common.REJECTED: results[common.REJECTED],
-        } | "Write" >> common.WriteOutputs(out_dir, split, cfg.records.num_shards)
 
-    common.run_pipeline(pipeline_options, build, "preprocess")
-    manifest = common.finish(
-        out_dir,
-        split,
-        len(ids),
-        fingerprint,
-        started,
-        {"split": split, "classes": dataset.classes, "data_root": dataset.root},
-    )
-    rate = len(ids) / max(manifest["seconds"], 1e-9)
-    log.info(
-        f"preprocess: read {manifest['read']}, written {manifest['written']}, rejected "
-        f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s ({rate:.2f} images/s)"
-    )
-    for r in manifest["rejected"][:20]:
-        log.warning(f"  rejected {r['id']}: {r['reason']}")
-    return manifest
+        def build(p):
+            results = (
+                p
+                | "Ids" >> beam.Create(ids)
+                | "Spread" >> beam.Reshuffle()
+                | "Preprocess" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="records")
+            )
+            {
+                "records": results.records,
+                common.REJECTED: results[common.REJECTED],
+            } | "Write" >> common.WriteOutputs(out_dir, split, cfg.records.num_shards)
+
+        common.run_pipeline(pipeline_options, build, "preprocess")
+        manifest = common.finish(
+            out_dir,
+            split,
+            len(ids),
+            fingerprint,
+            started,
+            {"split": split, "classes": dataset.classes, "data_root": dataset.root},
+        )
+        rate = len(ids) / max(manifest["seconds"], 1e-9)
+        log.info(
+            f"preprocess: read {manifest['read']}, written {manifest['written']}, rejected "
+            f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s ({rate:.2f} images/s)"
+        )
+        for r in manifest["rejected"][:20]:
+            log.warning(f"  rejected {r['id']}: {r['reason']}")
+        return manifest
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -39,7 +39,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs import common
 from mcof_tf import log as log_setup
 from mcof_tf.config import Config
-from mcof_tf.fileio import check_output_apart, file_digest
+from mcof_tf.fileio import check_output_apart, file_digest, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -302,73 +302,78 @@ def run(
             "max_regions": cfg.model.max_regions,  # RegionNet's chunking of superpixels
         }
     )
-    if common.is_complete(out_dir, fingerprint):
-        log.info(f"relabel {stage}: {out_dir} is complete already; nothing to do")
-        return common.read_manifest(out_dir)
-    common.prepare_output(out_dir, PREFIX)
-    for tag in (CONFUSION, STATS):
-        for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*")):
-            tf.io.gfile.remove(path)
-    read = common.count_records(records)
-    started = time.time()
-    log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
-    fn = RelabelFn(
-        model_path,
-        stage,
-        num_classes,
-        cfg.input.mean_rgb,
-        cfg.model.max_regions,
-        asdict(cfg.seeds),
-        iteration,
-        refine,
-        use_tags,
-        asdict(cfg.labels),
-    )
-
-    def build(p):
-        results = (
-            p
-            | "Read" >> beam.io.ReadFromTFRecord(records)
-            | "Spread" >> beam.Reshuffle()
-            | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
+    with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
+        if common.is_complete(out_dir, fingerprint):
+            log.info(f"relabel {stage}: {out_dir} is complete already; nothing to do")
+            return common.read_manifest(out_dir)
+        common.prepare_output(out_dir, PREFIX)
+        for tag in (CONFUSION, STATS):
+            for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*")):
+                tf.io.gfile.remove(path)
+        read = common.count_records(records)
+        started = time.time()
+        log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
+        fn = RelabelFn(
+            model_path,
+            stage,
+            num_classes,
+            cfg.input.mean_rgb,
+            cfg.model.max_regions,
+            asdict(cfg.seeds),
+            iteration,
+            refine,
+            use_tags,
+            asdict(cfg.labels),
         )
-        {
-            "records": results.records,
-            common.REJECTED: results[common.REJECTED],
-        } | "Write" >> common.WriteOutputs(out_dir, PREFIX, cfg.records.num_shards)
-        for tag in (CONFUSION, STATS):  # summed over images per produced label map
-            (results[tag] | f"Sum{tag}" >> SumPerName(tag) | f"Write{tag}" >> common.WriteLines(out_dir, tag))
 
-    common.run_pipeline(pipeline_options, build, "relabel")
-    metrics, stats = {}, {}
-    for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
-        for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*.jsonl")):
-            with tf.io.gfile.GFile(path, "r") as f:
-                for line in f.read().splitlines():
-                    row = json.loads(line)
-                    entries[row["name"]] = entry(np.asarray(row[tag]), classes)
-    manifest = common.finish(
-        out_dir,
-        PREFIX,
-        read,
-        fingerprint,
-        started,
-        {
-            "stage": stage,
-            "iteration": iteration,
-            "refine": refine,
-            "use_tags": use_tags,
-            "classes": list(classes),
-            "metrics": metrics,
-            "stats": stats,
-        },
-    )
-    summary = ", ".join(f"{k} mIoU {v['miou']:.2f}" for k, v in sorted(metrics.items()))
-    log.info(
-        f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
-        f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else "")
-    )
-    return manifest
+        def build(p):
+            results = (
+                p
+                | "Read" >> beam.io.ReadFromTFRecord(records)
+                | "Spread" >> beam.Reshuffle()
+                | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
+            )
+            {
+                "records": results.records,
+                common.REJECTED: results[common.REJECTED],
+            } | "Write" >> common.WriteOutputs(out_dir, PREFIX, cfg.records.num_shards)
+            for tag in (CONFUSION, STATS):  # summed over images per produced label map
+                (
+                    results[tag]
+                    | f"Sum{tag}" >> SumPerName(tag)
+                    | f"Write{tag}" >> common.WriteLines(out_dir, tag)
+                )
+
+        common.run_pipeline(pipeline_options, build, "relabel")
+        metrics, stats = {}, {}
+        for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
+            for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*.jsonl")):
+                with tf.io.gfile.GFile(path, "r") as f:
+                    for line in f.read().splitlines():
+                        row = json.loads(line)
+                        entries[row["name"]] = entry(np.asarray(row[tag]), classes)
+        manifest = common.finish(
+            out_dir,
+            PREFIX,
+            read,
+            fingerprint,
+            started,
+            {
+                "stage": stage,
+                "iteration": iteration,
+                "refine": refine,
+                "use_tags": use_tags,
+                "classes": list(classes),
+                "metrics": metrics,
+                "stats": stats,
+            },
+        )
+        summary = ", ".join(f"{k} mIoU {v['miou']:.2f}" for k, v in sorted(metrics.items()))
+        log.info(
+            f"relabel {stage}: read {manifest['read']}, written {manifest['written']}, rejected "
+            f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else "")
+        )
+        return manifest
 
 
 def main(argv=None) -> int:

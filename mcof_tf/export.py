@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from mcof_tf import log as log_setup
 from mcof_tf.data.voc import MAX_PIXELS  # larger images are refused
+from mcof_tf.fileio import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,13 @@ def export_saved_model(
     archive.track(model)
     archive.add_endpoint("serving_default", serve_encoded)
     archive.add_endpoint("predict_logits", serve_float)
-    out = next_version_dir(base_dir)
-    tmp = out + ".tmp"
-    archive.write_out(tmp, verbose=False)
-    with open(os.path.join(tmp, CLASSES_FILE), "w") as f:  # for mcof_tf.predict; TF Serving ignores it
-        f.write("".join(f"{c}\n" for c in classes))
-    os.replace(tmp, out)  # TF Serving polls the folder: it must never see a half-written version
+    with folder_lock(base_dir):  # two exports at once would take the same version number
+        out = next_version_dir(base_dir)
+        tmp = out + ".tmp"
+        archive.write_out(tmp, verbose=False)
+        with open(os.path.join(tmp, CLASSES_FILE), "w") as f:  # for mcof_tf.predict; TF Serving ignores it
+            f.write("".join(f"{c}\n" for c in classes))
+        os.replace(tmp, out)  # TF Serving polls the folder: it must never see a half-written version
     log.info(f"exported {model_file} → {out}")
     return out
 

@@ -61,7 +61,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     from beam_jobs.common import read_manifest
     from mcof_tf.data import records
     from mcof_tf.data.voc import check_id, palette_png
-    from mcof_tf.fileio import check_output_apart, writable_dir, write_bytes_atomic
+    from mcof_tf.fileio import check_output_apart, folder_lock, writable_dir, write_bytes_atomic
     from mcof_tf.method.labels import paint
 
     last = last_iteration(workdir)
@@ -73,35 +73,40 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     source = os.path.join(workdir, f"iter{t}", "masks")
     check_output_apart(out_dir, {"masks' records": source})
     manifest = read_manifest(source)
-    previous = _check_out(out_dir)
-    mine = {
-        "workdir": os.path.abspath(workdir),
-        "iteration": t,
-        "source": manifest["fingerprint"],
-        "classes": manifest.get("classes", []),
-        "count": manifest["written"],
-    }
-    if previous == mine:
-        log.info(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do")
+    with folder_lock(out_dir):  # one export at a time into a folder
+        previous = _check_out(out_dir)
+        mine = {
+            "workdir": os.path.abspath(workdir),
+            "iteration": t,
+            "source": manifest["fingerprint"],
+            "classes": manifest.get("classes", []),
+            "count": manifest["written"],
+        }
+        if previous == mine:
+            log.info(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do")
+            return mine
+        inside = os.path.abspath(out_dir).startswith(
+            os.path.join(mine["workdir"], "")
+        )  # the loop's own folder
+        if (
+            previous and previous.get("workdir") != mine["workdir"] and not inside
+        ):  # (a moved workdir keeps it)
+            raise ValueError(
+                f"{out_dir} holds the masks of another run ({previous.get('workdir')}); choose another --out"
+            )
+        writable_dir(out_dir)
+        started, n = time.time(), 0
+        for rec in records.read_records(os.path.join(source, "*.tfrecord")):
+            labels = rec.labels if rec.labels is not None else paint(rec.superpixel_labels, rec.superpixels)
+            write_bytes_atomic(os.path.join(out_dir, f"{check_id(rec.id)}.png"), palette_png(labels))
+            n += 1
+            if n % 200 == 0:
+                log.info(f"export_masks: {n}/{mine['count']} masks written")
+        if n != mine["count"]:
+            raise RuntimeError(f"{source} holds {n} records but its manifest counts {mine['count']}")
+        write_bytes_atomic(os.path.join(out_dir, MARKER), json.dumps(mine, indent=1).encode())
+        log.info(f"export_masks: {n} masks of iteration {t} → {out_dir} in {time.time() - started:.1f}s")
         return mine
-    inside = os.path.abspath(out_dir).startswith(os.path.join(mine["workdir"], ""))  # the loop's own folder
-    if previous and previous.get("workdir") != mine["workdir"] and not inside:  # (a moved workdir keeps it)
-        raise ValueError(
-            f"{out_dir} holds the masks of another run ({previous.get('workdir')}); choose another --out"
-        )
-    writable_dir(out_dir)
-    started, n = time.time(), 0
-    for rec in records.read_records(os.path.join(source, "*.tfrecord")):
-        labels = rec.labels if rec.labels is not None else paint(rec.superpixel_labels, rec.superpixels)
-        write_bytes_atomic(os.path.join(out_dir, f"{check_id(rec.id)}.png"), palette_png(labels))
-        n += 1
-        if n % 200 == 0:
-            log.info(f"export_masks: {n}/{mine['count']} masks written")
-    if n != mine["count"]:
-        raise RuntimeError(f"{source} holds {n} records but its manifest counts {mine['count']}")
-    write_bytes_atomic(os.path.join(out_dir, MARKER), json.dumps(mine, indent=1).encode())
-    log.info(f"export_masks: {n} masks of iteration {t} → {out_dir} in {time.time() - started:.1f}s")
-    return mine
 
 
 def main(argv=None) -> int:

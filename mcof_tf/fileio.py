@@ -123,13 +123,19 @@ def folder_lock(folder: str):
     """One run per (local) folder: `folder/.lock`, created atomically, holds host, pid and start time.
     A lock left by a process of this host that is gone is taken over with a message; any other lock
     (a live process, or another host, whose processes cannot be checked from here) is respected:
-    ValueError naming the holder. The lock is removed when the block ends."""
+    ValueError naming the holder. The lock is removed when the block ends. Object storage (gs://) has
+    no exclusive create through tf.io.gfile: remote folders are not locked (one job per folder is then
+    the user's rule)."""
     import json
     import logging
     import os
     import socket
     import time
 
+    if "://" in folder:
+        yield None
+        return
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_FILE)
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:

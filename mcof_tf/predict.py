@@ -26,7 +26,7 @@ from typing import Optional
 import tensorflow as tf
 
 from mcof_tf import log as log_setup
-from mcof_tf.fileio import check_output_apart, writable_dir, write_bytes_atomic
+from mcof_tf.fileio import check_output_apart, folder_lock, writable_dir, write_bytes_atomic
 from mcof_tf.inference import (
     Predictor,
     add_options,
@@ -58,32 +58,33 @@ def run(
     base, paths = list_inputs(images)
     check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
     writable_dir(out_dir)
-    claim_output(out_dir, model, scales, crf)
-    predictor = Predictor(model)
-    unique, rejected = unique_outputs(paths, base)
-    written, existing = 0, 0
-    started = time.time()
-    for i, path in enumerate(unique, 1):
-        try:
-            _, computed = predict_file(predictor, path, base, out_dir, scales, crf, overlay)
-            written += computed
-            existing += not computed
-        except RejectedInput as e:
-            rejected.append({"id": path, "reason": str(e)})
-        except (OSError, tf.errors.OpError) as e:  # unreadable: a dangling link, no permission
-            rejected.append({"id": path, "reason": f"cannot be read: {type(e).__name__}: {e}"})
-        if i % 20 == 0 or i == len(unique):
-            log.info(f"predict: {i}/{len(unique)} images ({time.time() - started:.1f}s)")
-    write_bytes_atomic(
-        f"{out_dir.rstrip('/')}/{REJECTED_FILE}", "".join(json.dumps(r) + "\n" for r in rejected).encode()
-    )
-    summary = {"read": len(paths), "written": written, "skipped_existing": existing, "rejected": rejected}
-    print(
-        f"predict: read {len(paths)}, written {written}, already done {existing}, rejected {len(rejected)}"
-        + (f" (see {out_dir}/{REJECTED_FILE})" if rejected else ""),
-        flush=True,
-    )
-    return summary
+    with folder_lock(out_dir):  # two runs on one folder would overwrite each other's summary
+        claim_output(out_dir, model, scales, crf)
+        predictor = Predictor(model)
+        unique, rejected = unique_outputs(paths, base)
+        written, existing = 0, 0
+        started = time.time()
+        for i, path in enumerate(unique, 1):
+            try:
+                _, computed = predict_file(predictor, path, base, out_dir, scales, crf, overlay)
+                written += computed
+                existing += not computed
+            except RejectedInput as e:
+                rejected.append({"id": path, "reason": str(e)})
+            except (OSError, tf.errors.OpError) as e:  # unreadable: a dangling link, no permission
+                rejected.append({"id": path, "reason": f"cannot be read: {type(e).__name__}: {e}"})
+            if i % 20 == 0 or i == len(unique):
+                log.info(f"predict: {i}/{len(unique)} images ({time.time() - started:.1f}s)")
+        write_bytes_atomic(
+            f"{out_dir.rstrip('/')}/{REJECTED_FILE}", "".join(json.dumps(r) + "\n" for r in rejected).encode()
+        )
+        summary = {"read": len(paths), "written": written, "skipped_existing": existing, "rejected": rejected}
+        print(
+            f"predict: read {len(paths)}, written {written}, already done {existing}, rejected {len(rejected)}"
+            + (f" (see {out_dir}/{REJECTED_FILE})" if rejected else ""),
+            flush=True,
+        )
+        return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -112,3 +112,35 @@ def test_kill_inside_a_training_epoch_then_resume(tiny_root, tmp_path, reference
         f"training kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
         f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)"
     )
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(
+    tiny_root, tmp_path, reference
+):
+    """Two real processes: while the first trains, a second on the same workdir exits 2 naming the
+    first; after the first is killed (its lock left behind), the next run takes the lock over and
+    finishes with the uninterrupted run's report."""
+    work = tmp_path / "work"
+    second = {}
+
+    def when(line):
+        if "train cam:" in line and not second:  # the first run holds the workdir from its start
+            r = subprocess.run(
+                _command(tiny_root, work),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=300,
+            )
+            second.update(rc=r.returncode, out=r.stdout, holder=json.loads((work / ".lock").read_text()))
+            return True
+        return False
+
+    _run_and_kill(tiny_root, work, when)
+    assert second["rc"] == 2, second["out"][-2000:]
+    assert f"is in use by pid {second['holder']['pid']}" in second["out"]
+    assert (work / ".lock").exists()  # SIGKILL leaves the lock behind
+    out, _ = _run(tiny_root, work)
+    assert f"taking over the lock of pid {second['holder']['pid']}" in out
+    assert _stages(work) == reference[0]
+    assert not (work / ".lock").exists()

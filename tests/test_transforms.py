@@ -4,6 +4,7 @@ import json
 
 import apache_beam as beam
 import numpy as np
+import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -55,4 +56,78 @@ def test_sum_per_name_adds_arrays_of_the_same_name():
             equal_to(
                 [{"name": "seeds", "confusion": [[1, 1], [3, 2]]}, {"name": "other", "confusion": [1.0]}]
             ),
+        )
+
+
+def test_preprocess_fn_makes_records_and_rejects_bad_ids_on_its_side_output(tiny_root, tiny_cfg):
+    from dataclasses import asdict
+
+    from beam_jobs.preprocess import PreprocessFn
+    from mcof_tf.data.voc import VocDataset
+
+    ds = VocDataset(tiny_root)
+    good = ds.split_ids("train")[:2]
+    fn = PreprocessFn(
+        ds.root,
+        ds.classes,
+        tiny_cfg.data.mask_dirs,
+        asdict(tiny_cfg.superpixels),
+        "auto",
+        tiny_cfg.data.max_side,
+    )
+    with test_pipeline.TestPipeline() as p:
+        out = (
+            p
+            | beam.Create(good + ["../outside", "missing"])
+            | beam.ParDo(fn).with_outputs(common.REJECTED, main="records")
+        )
+        parsed = out.records | beam.Map(records.parse_example)
+        assert_that(parsed | "Ids" >> beam.Map(lambda r: r.id), equal_to(good), label="records")
+        # every record has its image's superpixels and tags (the image's own objects)
+        assert_that(
+            parsed | beam.Map(lambda r: (r.superpixels.shape == (r.height, r.width), int(r.tags.sum()) >= 1)),
+            equal_to([(True, True)] * 2),
+            label="contents",
+        )
+        assert_that(
+            out[common.REJECTED] | beam.Map(lambda line: json.loads(line)["id"]),
+            equal_to(["../outside", "missing"]),
+            label="rejected",
+        )
+
+
+def test_relabel_fn_cam_stage_seeds_every_record_within_its_tags(labelled_records, tmp_path):
+    """RelabelFn with a (random) CAM: each record gets seeds of its image's size holding only its tags,
+    background or unlabelled; seeds are scored against the ground truth on the confusion output; an
+    unreadable element is a rejection, not a lost image."""
+    from beam_jobs.relabel import CONFUSION, STATS, RelabelFn
+    from mcof_tf import training
+    from mcof_tf.models.cam import build_cam
+
+    model_path = str(tmp_path / "cam.keras")
+    training.save_model(build_cam(7, "vgg16_small", 0.125, batch_norm=True), model_path)
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(labelled_records)]
+    seeds = {"fg_threshold": 0.3, "peak_min": 0.2, "bg_threshold": 0.1, "scales": [1.0], "flip": False}
+    fn = RelabelFn(model_path, "cam", 7, [0.0, 0.0, 0.0], 192, seeds, 0, False, True)
+
+    def within_tags(r):
+        allowed = {0, 255} | {int(t) for t in r.tag_indices}
+        labels = RelabelFn._labels_of(r)  # seeds are kept per superpixel: painted to pixels here
+        return labels.shape == (r.height, r.width) and set(np.unique(labels).tolist()) <= allowed
+
+    with test_pipeline.TestPipeline() as p:
+        out = (
+            p
+            | beam.Create(serialized + [b"not a record"])
+            | beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
+        )
+        checked = out.records | beam.Map(records.parse_example) | beam.Map(within_tags)
+        assert_that(checked, equal_to([True] * len(serialized)), label="labels")
+        totals = out[CONFUSION] | beam.Map(lambda kv: (kv[0], int(kv[1].sum()) > 0))
+        assert_that(totals, equal_to([("seeds", True)] * len(serialized)), label="confusion")
+        assert_that(
+            out[STATS] | beam.Map(lambda kv: kv[0]), equal_to(["seeds"] * len(serialized)), label="stats"
+        )
+        assert_that(
+            out[common.REJECTED] | beam.Map(lambda line: json.loads(line)["id"]), equal_to(["?"]), label="bad"
         )
