@@ -87,23 +87,30 @@ class Network:
 
 def _build_cam(num_classes, cfg: Config):
     m = cfg.model
-    return build_cam(num_classes, m.backbone, m.width, m.weights, cfg.train.weight_decay, m.batch_norm)
+    return build_cam(
+        num_classes,
+        backbone=m.backbone,
+        width=m.width,
+        weights=m.weights,
+        weight_decay=cfg.train.weight_decay,
+        batch_norm=m.batch_norm,
+    )
 
 
 def _build_regionnet(num_classes, cfg: Config):
     m = cfg.model
     return build_regionnet(
         num_classes,
-        m.backbone,
-        m.width,
-        m.weights,
-        cfg.train.weight_decay,
-        m.max_regions,
-        m.roi_pool_size,
-        m.roi_sampling,
-        m.region_fc,
-        m.dropout,
-        m.batch_norm,
+        backbone=m.backbone,
+        width=m.width,
+        weights=m.weights,
+        weight_decay=cfg.train.weight_decay,
+        max_regions=m.max_regions,
+        pool_size=m.roi_pool_size,
+        sampling_ratio=m.roi_sampling,
+        fc_units=m.region_fc,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
     )
 
 
@@ -111,13 +118,13 @@ def _build_pixelnet(num_classes, cfg: Config):
     m = cfg.model
     return deeplab_largefov(
         num_classes,
-        m.backbone,
-        m.width,
-        m.weights,
-        cfg.train.weight_decay,
-        m.dropout,
-        m.batch_norm,
-        m.fc6_dilation,
+        backbone=m.backbone,
+        width=m.width,
+        weights=m.weights,
+        weight_decay=cfg.train.weight_decay,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+        fc6_dilation=m.fc6_dilation,
     )
 
 
