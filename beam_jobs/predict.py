@@ -5,11 +5,12 @@
 
 The same per-image work as `python -m mcof_tf.predict` (VOC-palette PNG per image at
 OUTPUT/<path relative to the input folder>.png, optional CRF, scales, overlays), spread over Beam
-workers; each worker loads the SavedModel once (DoFn.setup; Beam's built-in TF model handler cannot
-load these SavedModels under Keras 3). Files that are not usable images go to OUTPUT/rejected.jsonl
-with the reason; OUTPUT/outputs.txt lists "input<TAB>output" per image; OUTPUT/manifest.json
-(written last) has read == written + rejected. Label PNGs already present are kept, so re-running a
-killed job only does the rest. The input list is made on the launcher (fine for 10^5 files).
+workers by `RunInference` with this job's model handler (each worker process loads the SavedModel
+once; Beam's built-in TF model handler cannot load these SavedModels under Keras 3). Files that are
+not usable images go to OUTPUT/rejected.jsonl with the reason; OUTPUT/outputs.txt lists
+"input<TAB>output" per image; OUTPUT/manifest.json (written last) has read == written + rejected.
+Label PNGs already present are kept, so re-running a killed job only does the rest. The input list
+is made on the launcher (fine for 10^5 files).
 
 On Dataflow: add `--runner DataflowRunner --project P --region R --temp_location gs://B/tmp
 --setup_file ./setup.py` (README, "Running on Dataflow"); --model may be a gs:// path.
@@ -28,6 +29,7 @@ from typing import Optional
 import apache_beam as beam
 import tensorflow as tf
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
@@ -38,41 +40,59 @@ log = logging.getLogger(__name__)
 OUTPUTS = "outputs"
 
 
-class PredictFn(beam.DoFn):
-    """Image path → "input<TAB>label PNG path", or a rejection on the `rejected` output."""
+class PredictorHandler(ModelHandler):
+    """RunInference's model handler for an exported SavedModel: one `Predictor` per worker process,
+    shared by its threads (RunInference's shared handle), one image per call (images differ in size),
+    and the per-image work of `mcof_tf.predict` (label PNG, overlay). Beam's own TF handler loads
+    models with `tf.keras`, which cannot read these Keras-3 SavedModels. An unusable file is a result
+    carrying its rejection, not an exception: the job counts it and goes on."""
 
     def __init__(
         self, model: str, base: str, out_dir: str, scales: Sequence[float], crf: bool, overlay: bool
     ):
+        super().__init__(max_batch_size=1)  # images differ in size: one per call
         self.model, self.base, self.out_dir = model, base, out_dir
         self.scales, self.crf, self.overlay = list(scales), crf, overlay
-        self.computed = Metrics.counter("predict", "computed")
-        self.rejected = Metrics.counter("predict", "rejected")
-        self.latency = Metrics.distribution("predict", "ms_per_image")
 
-    def setup(self):
+    def load_model(self):
         from mcof_tf.inference import Predictor
 
-        self.predictor = Predictor(self.model)
+        return Predictor(self.model)
 
-    def process(self, path):
+    def run_inference(self, batch, model, inference_args=None):
         from mcof_tf.data.voc import RejectedInput
         from mcof_tf.inference import predict_file
 
-        started = time.perf_counter()
-        try:
-            target, computed = predict_file(
-                self.predictor, path, self.base, self.out_dir, self.scales, self.crf, self.overlay
-            )
-        except (RejectedInput, OSError, tf.errors.OpError) as e:  # unreadable: a dangling link, no permission
+        for path in batch:
+            try:
+                target, computed = predict_file(
+                    model, path, self.base, self.out_dir, self.scales, self.crf, self.overlay
+                )
+                yield PredictionResult(path, {"target": target, "computed": computed})
+            except RejectedInput as e:
+                yield PredictionResult(path, {"rejected": str(e)})
+            except (OSError, tf.errors.OpError) as e:  # unreadable: a dangling link, no permission
+                yield PredictionResult(path, {"rejected": f"cannot be read: {type(e).__name__}: {e}"})
+
+    def get_metrics_namespace(self) -> str:
+        return "predict"
+
+
+class SplitResults(beam.DoFn):
+    """PredictionResult → "input<TAB>label PNG path", or a rejection on the `rejected` output."""
+
+    def __init__(self):
+        self.computed = Metrics.counter("predict", "computed")
+        self.rejected = Metrics.counter("predict", "rejected")
+
+    def process(self, result: PredictionResult):
+        out = result.inference
+        if "rejected" in out:
             self.rejected.inc()
-            reason = str(e) if isinstance(e, RejectedInput) else f"cannot be read: {type(e).__name__}: {e}"
-            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(path, reason))
+            yield beam.pvalue.TaggedOutput(common.REJECTED, common.rejection(result.example, out["rejected"]))
             return
-        self.computed.inc(int(computed))
-        if computed:
-            self.latency.update(int(1000 * (time.perf_counter() - started)))
-        yield f"{path}\t{target}"
+        self.computed.inc(int(out["computed"]))
+        yield f"{result.example}\t{out['target']}"
 
 
 def run(
@@ -98,14 +118,15 @@ def run(
                 tf.io.gfile.remove(path)
         started = time.time()
         log.info(f"predict: {len(paths) + len(collisions)} images from {inputs} → {out_dir}")
-        fn = PredictFn(model, base, out_dir, scales, crf, overlay)
+        handler = PredictorHandler(model, base, out_dir, scales, crf, overlay)
 
         def build(p):
             results = (
                 p
                 | "Paths" >> beam.Create(paths)
                 | "Spread" >> beam.Reshuffle()
-                | "Predict" >> beam.ParDo(fn).with_outputs(common.REJECTED, main="outputs")
+                | "Predict" >> RunInference(handler)
+                | "Split" >> beam.ParDo(SplitResults()).with_outputs(common.REJECTED, main="outputs")
             )
             results.outputs | "WriteOutputs" >> common.WriteLines(out_dir, OUTPUTS, ".txt")
             named = p | "NameCollisions" >> beam.Create([json.dumps(r) for r in collisions])

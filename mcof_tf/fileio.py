@@ -135,7 +135,7 @@ def folder_lock(folder: str):
     if "://" in folder:
         yield None
         return
-    os.makedirs(folder, exist_ok=True)
+    writable_dir(folder)  # made if needed; "cannot write to ..." rather than an OSError
     path = os.path.join(folder, LOCK_FILE)
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:

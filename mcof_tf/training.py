@@ -511,8 +511,8 @@ def _fit_multi_worker(
         os.makedirs(backup, exist_ok=True)
         model.save_weights(weights + ".tmp.weights.h5")
         os.replace(weights + ".tmp.weights.h5", weights)
-        with open(os.path.join(backup, "training_metadata.json"), "w") as f:
-            json.dump({"epoch": epoch + 1, "batch": 0}, f)
+        # after the weights: a kill between the two resumes one epoch early, never past saved weights
+        write_json_atomic(os.path.join(backup, "training_metadata.json"), {"epoch": epoch + 1, "batch": 0})
 
 
 def _backed_up_epochs(backup_dir: str) -> int:
