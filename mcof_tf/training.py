@@ -532,6 +532,10 @@ def save_model(model: keras.Model, path: str) -> None:
 
 
 INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it starts
+# train.* keys that say how a stage runs, not what it learns from: they may change between a run and
+# its resumption (another machine), and a finished stage is not redone for them. Its actual dtype
+# policy is in its train.json.
+EXECUTION_KEYS = ("devices", "mixed_precision")
 
 
 def training_inputs(
@@ -545,7 +549,9 @@ def training_inputs(
     manifest = read_json(os.path.join(folder, MANIFEST)) or {}
     shards = {p: tf.io.gfile.stat(p).length for p in sorted(tf.io.gfile.glob(records))}
     train = {
-        k: v for k, v in asdict(cfg.train).items() if k not in ("cam", "regionnet", "pixelnet", "devices")
+        k: v
+        for k, v in asdict(cfg.train).items()
+        if k not in ("cam", "regionnet", "pixelnet", *EXECUTION_KEYS)
     }
     inputs = {
         "records": manifest.get("fingerprint") or shards,
@@ -581,8 +587,13 @@ def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:
     done = read_json(os.path.join(out_dir, "train.json"))
     if done is None or "inputs" not in done:
         return "it has no record of its inputs"
+    before = dict(done["inputs"])
+    if isinstance(before.get("config"), dict) and isinstance(before["config"].get("train"), dict):
+        # records written before a key became an execution key still hold it (mixed_precision: false)
+        train = {k: v for k, v in before["config"]["train"].items() if k not in EXECUTION_KEYS}
+        before["config"] = {**before["config"], "train": train}
     for key in ("records", "init_from", "num_classes", "config"):
-        if done["inputs"].get(key) != inputs[key]:
+        if before.get(key) != inputs[key]:
             return {
                 "records": "its input records changed",
                 "init_from": "the network it starts from changed",

@@ -219,6 +219,8 @@ def test_run_record_differences_name_the_keys_and_accept_new_defaults():
     older = json.loads(json.dumps(mine))
     del older["config"]["train"]["pixelnet"]["warm_epochs"]  # a key an older mcof_tf did not write
     older["config"]["experiment"]["workdir"] = "elsewhere"  # moved workdirs resume
+    older["config"]["train"]["mixed_precision"] = False  # how stages ran (an older record's boolean)
+    older["config"]["train"]["devices"] = ["/gpu:0"]
     assert loop.run_record_differences(older, mine) == []
     cfg.train.pixelnet.warm_epochs = 5  # ... but not when the new key is set to something else
     changed = {"config": cfg.to_dict(), "variant": "no_saliency", "data_root": "/d"}
@@ -245,3 +247,21 @@ def test_a_shorter_rerun_reports_and_exports_its_own_last_iteration(
     assert marker["pixelnet"].endswith(os.path.join("iter1", "pixelnet"))
     assert os.path.exists(os.path.join(again["export"], "saved_model.pb"))
     assert (work / "iter2" / "pixelnet" / "model.keras").exists()  # left as it was
+
+
+def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
+    """The dtype policy and devices are execution keys: a stage trained under another one (or recorded
+    before mixed_precision took a policy name) is reused; a change of what it learns from is not."""
+    from mcof_tf import training
+
+    cfg = load_config("synthetic")
+    records = str(tmp_path / "*.tfrecord")
+    now = training.training_inputs("pixelnet", records, cfg, 7)
+    assert "mixed_precision" not in now["config"]["train"] and "devices" not in now["config"]["train"]
+    before = json.loads(json.dumps(now))
+    before["config"]["train"]["mixed_precision"] = False  # an inputs record of an older mcof_tf
+    (tmp_path / "train.json").write_text(json.dumps({"inputs": before}))
+    assert training.stale_reason(str(tmp_path), now) is None
+    cfg.train.pixelnet.learning_rate *= 2
+    later = training.training_inputs("pixelnet", records, cfg, 7)
+    assert training.stale_reason(str(tmp_path), later) == "its config changed"

@@ -2,6 +2,7 @@
 inside an input folder is refused with exit 2 and one line, and the inputs stay byte for byte."""
 
 import hashlib
+import json
 import os
 import pathlib
 
@@ -128,6 +129,18 @@ def test_an_edited_image_redoes_preprocess_and_every_stage_after_it(tiny_copy, t
     for stage in ("cam", "iter1/regionnet", "iter1/pixelnet"):
         assert f"redoing {stage}: its input records changed" in caplog.text, stage
     assert "preprocess: 4 ids of split 'train'" in caplog.text or "ids of split 'train'" in caplog.text
+    # classes.txt reordered (same names): records re-indexed, so every network trained under the old
+    # order is stale; the new records and report follow the new order
+    names = (pathlib.Path(tiny_copy) / "classes.txt").read_text().split()
+    reordered = [names[0]] + names[1:][::-1]
+    (pathlib.Path(tiny_copy) / "classes.txt").write_text("".join(f"{c}\n" for c in reordered))
+    caplog.clear()
+    report = loop.run_all(cfg, 1, work, str(tiny_copy), export=False)
+    for stage in ("cam", "iter1/regionnet", "iter1/pixelnet"):
+        assert f"redoing {stage}: its input records changed" in caplog.text, stage
+    manifest = json.loads((pathlib.Path(work) / "records" / "train" / "manifest.json").read_text())
+    assert manifest["classes"] == reordered
+    assert list(report["stages"][-1]["per_class"]) == reordered
 
 
 @pytest.mark.parametrize("change", ["overlap", "twice"])
@@ -170,7 +183,6 @@ def test_a_deleted_or_truncated_shard_makes_the_job_run_again(record_folder, tin
 
 
 def test_one_run_per_folder(tmp_path):
-    import json
     import socket
     import subprocess
 
@@ -192,7 +204,6 @@ def test_one_run_per_folder(tmp_path):
 
 
 def test_the_loop_refuses_a_workdir_in_use(tiny_root, tmp_path):
-    import json
     import socket
 
     from mcof_tf import loop
