@@ -28,9 +28,10 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Optional
+from typing import Literal, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -43,7 +44,8 @@ from mcof_tf.fileio import check_output_apart, file_digest, folder_lock
 
 log = logging.getLogger(__name__)
 
-STAGES = ("cam", "regionnet", "pixelnet", "groundtruth")
+Stage = Literal["cam", "regionnet", "pixelnet", "groundtruth"]  # which labels a relabel job makes
+STAGES: tuple[Stage, ...] = typing.get_args(Stage)
 CONFUSION = "confusion"
 STATS = "stats"  # label statistics that need no ground truth (evaluate.label_stats)
 PREFIX = "records"
@@ -73,7 +75,7 @@ class RelabelFn(beam.DoFn):
     def __init__(
         self,
         model_path: Optional[str],
-        stage: str,
+        stage: Stage,
         num_classes: int,
         mean_rgb: Sequence[float],
         max_regions: int,
@@ -259,7 +261,7 @@ class RelabelFn(beam.DoFn):
 def run(
     records: str,
     model: Optional[str],
-    stage: str,
+    stage: Stage,
     out_dir: str,
     cfg: Config,
     num_classes: int,

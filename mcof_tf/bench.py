@@ -285,7 +285,7 @@ def _synthetic_records(cfg: Config, root: str) -> str:
     return os.path.join(out, "*.tfrecord")
 
 
-METHOD_VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
+METHOD_VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")  # = loop.VARIANTS
 
 
 def _mean_std(values) -> tuple[float, float, int]:

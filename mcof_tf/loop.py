@@ -20,8 +20,9 @@ import json
 import logging
 import os
 import shutil
+import typing
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 from beam_jobs import common, preprocess, relabel
 from mcof_tf import training
@@ -33,7 +34,10 @@ from mcof_tf.report import report as write_run_report
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("mcof", "no_saliency", "direct_iterative", "fully_supervised")
+Variant = Literal[
+    "mcof", "no_saliency", "direct_iterative", "fully_supervised"
+]  # Algorithm 1 and its ablations
+VARIANTS: tuple[Variant, ...] = typing.get_args(Variant)
 MASKS_FOLDER = "SegmentationClassAug"  # the final training-set masks as palette PNGs
 
 
@@ -44,7 +48,7 @@ class Run:
     cfg: Config
     workdir: str
     data_root: str
-    variant: str = "mcof"
+    variant: Variant = "mcof"
     beam_options: object = None
 
     def path(self, *parts: str) -> str:
@@ -88,7 +92,12 @@ def preprocess_split(run: Run, split: str) -> tuple[str, dict]:
 
 
 def train_network(
-    run: Run, network: str, records: str, folder: str, num_classes: int, previous: Optional[str] = None
+    run: Run,
+    network: training.NetworkName,
+    records: str,
+    folder: str,
+    num_classes: int,
+    previous: Optional[str] = None,
 ) -> str:
     """Train unless `folder/model.keras` exists; returns the folder. With `train.warm_start`, the
     network starts from `previous` (the same network of the iteration before) when there is one."""
@@ -109,7 +118,7 @@ def train_network(
 
 def relabel_records(
     run: Run,
-    stage: str,
+    stage: relabel.Stage,
     model: Optional[str],
     records: str,
     folder: str,
@@ -264,7 +273,7 @@ def run_all(
     iterations: int,
     workdir: Optional[str] = None,
     data_root: Optional[str] = None,
-    variant: str = "mcof",
+    variant: Variant = "mcof",
     beam_options=None,
     export: bool = True,
 ) -> dict:

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import keras
 import numpy as np
@@ -47,6 +47,7 @@ from mcof_tf.models.regionnet import build_regionnet, region_labels
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
+NetworkName = Literal["cam", "regionnet", "pixelnet"]  # the three networks of NETWORKS
 
 
 @keras.saving.register_keras_serializable(package="mcof_tf")
@@ -222,7 +223,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def input_dataset(
-    network: str,
+    network: NetworkName,
     records: str,
     cfg: Config,
     num_classes: int,
@@ -248,7 +249,7 @@ def input_dataset(
 
 
 def distributed_input(
-    network: str,
+    network: NetworkName,
     records: str,
     cfg: Config,
     num_classes: int,
@@ -275,7 +276,7 @@ def distributed_input(
 
 
 def compiled_network(
-    network: str, cfg: Config, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy
+    network: NetworkName, cfg: Config, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy
 ) -> keras.Model:
     """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics."""
     net = NETWORKS[network]
@@ -313,7 +314,7 @@ class ImagePreviews(keras.callbacks.Callback):
 
     def __init__(
         self,
-        network: str,
+        network: NetworkName,
         records: str,
         num_classes: int,
         cfg: Config,
@@ -366,7 +367,7 @@ class ImagePreviews(keras.callbacks.Callback):
 
 
 def train(
-    network: str,
+    network: NetworkName,
     records: str,
     out_dir: str,
     cfg: Config,
@@ -539,7 +540,7 @@ EXECUTION_KEYS = ("devices", "mixed_precision")
 
 
 def training_inputs(
-    network: str, records: str, cfg: Config, num_classes: int, init_from: Optional[str] = None
+    network: NetworkName, records: str, cfg: Config, num_classes: int, init_from: Optional[str] = None
 ) -> dict:
     """Everything a training stage's result depends on: the records (their folder's manifest
     fingerprint, else the shard files' sizes), the starting weights and the config sections that

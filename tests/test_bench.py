@@ -82,3 +82,9 @@ def test_method_figure_draws_the_variants(tmp_path):
         rep["stages"] += [{"iteration": 1, "stage": "pixelnet", "split": "train", "miou": 40.0}]
     method_figure(summarize_method(reports), str(tmp_path / "method.png"))
     assert (tmp_path / "method.png").stat().st_size > 5000
+
+
+def test_the_benchmark_knows_every_variant_of_the_loop():
+    from mcof_tf import bench, loop
+
+    assert bench.METHOD_VARIANTS == loop.VARIANTS
