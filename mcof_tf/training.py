@@ -86,47 +86,38 @@ class Network:
     batch: Callable[..., tuple]  # (pipeline batch dict, num_classes, cfg) → (inputs, targets)
 
 
-def _build_cam(num_classes, cfg: Config):
+def _backbone(cfg: Config) -> dict:
+    """The builder arguments all three networks share: their backbone and its regularisation."""
     m = cfg.model
-    return build_cam(
-        num_classes,
-        backbone=m.backbone,
-        width=m.width,
-        weights=m.weights,
-        weight_decay=cfg.train.weight_decay,
-        batch_norm=m.batch_norm,
-    )
+    return {
+        "backbone": m.backbone,
+        "width": m.width,
+        "weights": m.weights,
+        "weight_decay": cfg.train.weight_decay,
+        "batch_norm": m.batch_norm,
+    }
+
+
+def _build_cam(num_classes, cfg: Config):
+    return build_cam(num_classes, **_backbone(cfg))
 
 
 def _build_regionnet(num_classes, cfg: Config):
     m = cfg.model
     return build_regionnet(
         num_classes,
-        backbone=m.backbone,
-        width=m.width,
-        weights=m.weights,
-        weight_decay=cfg.train.weight_decay,
+        **_backbone(cfg),
         max_regions=m.max_regions,
         pool_size=m.roi_pool_size,
         sampling_ratio=m.roi_sampling,
         fc_units=m.region_fc,
         dropout=m.dropout,
-        batch_norm=m.batch_norm,
     )
 
 
 def _build_pixelnet(num_classes, cfg: Config):
     m = cfg.model
-    return deeplab_largefov(
-        num_classes,
-        backbone=m.backbone,
-        width=m.width,
-        weights=m.weights,
-        weight_decay=cfg.train.weight_decay,
-        dropout=m.dropout,
-        batch_norm=m.batch_norm,
-        fc6_dilation=m.fc6_dilation,
-    )
+    return deeplab_largefov(num_classes, **_backbone(cfg), dropout=m.dropout, fc6_dilation=m.fc6_dilation)
 
 
 def _cam_batch(b, num_classes, cfg: Config):
