@@ -64,10 +64,12 @@ def gpu_capabilities(devices: Sequence[str] = ()) -> list[tuple]:
     names, e.g. "/gpu:0"), or every local GPU when `devices` is empty; [] when it trains on the CPU."""
     import tensorflow as tf
 
-    if devices and not any("gpu" in d.lower() for d in devices):
-        return []
+    gpus = tf.config.list_physical_devices("GPU")  # named /physical_device:GPU:<index>
+    if devices:
+        wanted = {d.lower().rsplit(":", 1)[-1] for d in devices if "gpu" in d.lower()}
+        gpus = [g for g in gpus if g.name.rsplit(":", 1)[-1] in wanted]
     caps = []
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in gpus:
         cap = tf.config.experimental.get_device_details(gpu).get("compute_capability")
         if cap:
             caps.append(tuple(cap))

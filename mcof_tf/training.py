@@ -391,8 +391,10 @@ def train(
     keras.utils.set_random_seed(cfg.experiment.seed)
     backup = os.path.join(out_dir, "backup")
     inputs = training_inputs(network, records, cfg, num_classes, init_from)
-    if read_json(os.path.join(out_dir, INPUTS_FILE)) not in (None, inputs) and os.path.isdir(backup):
-        log.info(f"train {network}: its inputs changed since the backup in {backup}; starting over")
+    recorded = read_json(os.path.join(out_dir, INPUTS_FILE))
+    why = inputs_difference(recorded, inputs) if recorded is not None else None
+    if why and os.path.isdir(backup):
+        log.info(f"train {network}: {why} since the backup in {backup}; starting over")
         shutil.rmtree(backup)  # this stage's own scratch state, made from the old inputs
     write_json_atomic(os.path.join(out_dir, INPUTS_FILE), inputs)
     done_epochs = _backed_up_epochs(backup)
@@ -579,7 +581,13 @@ def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:
     done = read_json(os.path.join(out_dir, "train.json"))
     if done is None or "inputs" not in done:
         return "it has no record of its inputs"
-    before = dict(done["inputs"])
+    return inputs_difference(done["inputs"], inputs)
+
+
+def inputs_difference(before: dict, inputs: dict) -> Optional[str]:
+    """How a stage's recorded inputs differ from `inputs`, in words (None: they do not). Used for a
+    finished stage (its train.json) and for a killed one's backup (its inputs.json) alike."""
+    before = dict(before)
     if isinstance(before.get("config"), dict) and isinstance(before["config"].get("train"), dict):
         # records written before a key became an execution key still hold it (mixed_precision: false)
         train = {k: v for k, v in before["config"]["train"].items() if k not in EXECUTION_KEYS}

@@ -262,6 +262,7 @@ def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
     before["config"]["train"]["mixed_precision"] = False  # an inputs record of an older mcof_tf
     (tmp_path / "train.json").write_text(json.dumps({"inputs": before}))
     assert training.stale_reason(str(tmp_path), now) is None
+    assert training.inputs_difference(before, now) is None  # a killed stage's backup is kept alike
     cfg.train.pixelnet.learning_rate *= 2
     later = training.training_inputs("pixelnet", records, cfg, 7)
     assert training.stale_reason(str(tmp_path), later) == "its config changed"
