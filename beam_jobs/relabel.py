@@ -14,6 +14,10 @@ Stages (the rule applied to each image's prediction):
                not known at test time; with `labels.crf` the CRF's mask is evaluated too)
   groundtruth  no model: the ground truth becomes the labels (the fully-supervised upper bound)
 
+--prior-correction (regionnet, pixelnet): the network's logits get + class_balance * log(share) of the
+classes in the labels it was trained on (its train.json), so that its labels keep those shares instead
+of the class-balanced loss's shift towards rare classes (see `mcof_tf.training.prior_offsets`).
+
 The model (`DIR/model.keras` or a `.keras` path) is loaded once per worker in `setup()`. Where records
 carry ground truth, the job also sums confusion matrices of what it produced (and, with --refine, of the
 unrefined RegionNet labels), reported in `OUT/manifest.json` under "metrics". As every job of the
@@ -84,6 +88,7 @@ class RelabelFn(beam.DoFn):
         refine: bool,
         use_tags: bool,
         label_rules: Optional[dict] = None,
+        prior_offsets: Optional[Sequence[float]] = None,
     ):
         self.model_path = model_path
         self.stage = stage
@@ -95,6 +100,8 @@ class RelabelFn(beam.DoFn):
         self.refine = refine
         self.use_tags = use_tags
         self.label_rules = dict(label_rules or {})  # config `labels`: tag_rule, keep_tags
+        # added to the network's logits before any rule (None: none); see --prior-correction
+        self.prior_offsets = None if prior_offsets is None else np.asarray(prior_offsets, np.float32)
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.latency = Metrics.distribution("relabel", "ms_per_image")
@@ -193,7 +200,7 @@ class RelabelFn(beam.DoFn):
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
         enforce = tags if self.use_tags else None
         if self.stage == "regionnet":
-            region = self._tag_argmax(self._region_scores(rec), enforce)
+            region = self._tag_argmax(self._adjusted(self._region_scores(rec)), enforce)
             pixels = paint(region, rec.superpixels)
             produced = {"regionnet": pixels}
             if self.refine and len(tags) == 1:
@@ -211,7 +218,7 @@ class RelabelFn(beam.DoFn):
 
         logits = self.forward(tf.constant(self._image(rec)))
         logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
-        scores = np.asarray(logits[0])
+        scores = self._adjusted(np.asarray(logits[0]))
         from mcof_tf.method.labels import leave_unsure
         from mcof_tf.method.refine import crf_probabilities, softmax
 
@@ -230,6 +237,9 @@ class RelabelFn(beam.DoFn):
             mask = produced["masks"] = leave_unsure(mask, probs, min_confidence)
         rec.labels, rec.label_stage = mask, ("pixelnet" if mask is raw else "masks")
         return rec, produced
+
+    def _adjusted(self, scores: np.ndarray) -> np.ndarray:
+        return scores if self.prior_offsets is None else scores + self.prior_offsets
 
     def _tag_argmax(self, scores, tags):
         from mcof_tf.method.labels import tag_argmax
@@ -270,6 +280,7 @@ def run(
     iteration: int = 0,
     refine: bool = False,
     use_tags: bool = True,
+    prior_correction: bool = False,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     import tensorflow as tf
@@ -283,6 +294,8 @@ def run(
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
+    offsets = _prior_offsets(model_path, stage) if prior_correction else None
+    fingerprint_offsets = None if offsets is None else [round(float(o), 6) for o in offsets]
     files = sorted(tf.io.gfile.glob(records))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {records}")
@@ -302,6 +315,7 @@ def run(
             "num_classes": num_classes,
             "mean_rgb": list(cfg.input.mean_rgb),  # the model's input normalisation
             "max_regions": cfg.model.max_regions,  # RegionNet's chunking of superpixels
+            "prior_offsets": fingerprint_offsets,
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -326,6 +340,7 @@ def run(
             refine,
             use_tags,
             asdict(cfg.labels),
+            offsets,
         )
 
         def build(p):
@@ -365,6 +380,7 @@ def run(
                 "iteration": iteration,
                 "refine": refine,
                 "use_tags": use_tags,
+                "prior_offsets": fingerprint_offsets,
                 "classes": list(classes),
                 "metrics": metrics,
                 "stats": stats,
@@ -376,6 +392,22 @@ def run(
             f"{len(manifest['rejected'])} in {manifest['seconds']:.1f}s" + (f"; {summary}" if summary else "")
         )
         return manifest
+
+
+def _prior_offsets(model_path: str, stage: Stage) -> np.ndarray:
+    """--prior-correction: the offsets from the class shares recorded next to the model (train.json)."""
+    from mcof_tf.fileio import read_json
+    from mcof_tf.training import prior_offsets
+
+    if stage not in ("regionnet", "pixelnet"):
+        raise ValueError(f"--prior-correction applies to the regionnet and pixelnet stages, not {stage}")
+    record = read_json(f"{os.path.dirname(model_path)}/train.json") or {}
+    if record.get("label_shares") is None:
+        raise ValueError(
+            f"{os.path.dirname(model_path)}/train.json records no label_shares (trained by an older "
+            "mcof_tf); retrain it or relabel without --prior-correction"
+        )
+    return prior_offsets(record["label_shares"], record.get("class_balance", 0.0))
 
 
 def main(argv=None) -> int:
@@ -396,6 +428,11 @@ def main(argv=None) -> int:
         "--refine", action="store_true", help="saliency-guided refinement of single-tag images"
     )
     parser.add_argument("--no-tags", action="store_true", help="do not enforce image tags (validation)")
+    parser.add_argument(
+        "--prior-correction",
+        action="store_true",
+        help="undo the class-balanced loss's shift of the network's decisions (its train.json shares)",
+    )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
@@ -415,6 +452,7 @@ def main(argv=None) -> int:
             args.iteration,
             args.refine,
             not args.no_tags,
+            args.prior_correction,
         )
     except (
         ConfigError,

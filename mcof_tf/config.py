@@ -115,6 +115,11 @@ class LabelsConfig:
     # (255), so the next RegionNet / PixelNet learn only from confident pixels. 0: every pixel labelled.
     crf: bool = False
     min_confidence: float = 0.0
+    # prior_correction: a network's labels for the next stage undo its class-balanced loss's shift
+    # towards rare classes (logits + train.class_balance * log(class share in the labels it learned
+    # from)), so they keep those shares rather than drifting towards equal shares stage after stage.
+    # For PixelNet and the RegionNets after the first (which learns from partial seeds).
+    prior_correction: bool = False
 
 
 @dataclass

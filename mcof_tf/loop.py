@@ -109,6 +109,7 @@ def train_network(
         )
         if why is None:
             log.info(f"{folder}: trained already")
+            training.ensure_label_shares(out, network, records, run.cfg, num_classes)
             return out
         log.info(f"redoing {folder}: {why}")  # the new model.keras replaces the old one when it is done
     training.train(network, records, out, run.cfg, num_classes, init_from=init)
@@ -126,6 +127,7 @@ def relabel_records(
     iteration: int,
     refine: bool = False,
     use_tags: bool = True,
+    prior_correction: bool = False,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -140,6 +142,7 @@ def relabel_records(
         iteration,
         refine,
         use_tags,
+        prior_correction,
     )
     return os.path.join(out, "*.tfrecord")
 
@@ -164,6 +167,9 @@ def mcof(run: Run, iterations: int) -> str:
     cam = train_network(run, "cam", train_records, "cam", C)
     seeds = relabel_records(run, "cam", cam, train_records, "seeds", classes, 0)
     pixelnet = regionnet = None
+    # labels.prior_correction for networks that learned from dense masks; not for the first RegionNet:
+    # the seeds are partial by design, and their class shares are not those of the objects
+    prior = run.cfg.labels.prior_correction
     for t in range(iterations):  # 1: while iteration is effective
         it = f"iter{t + 1}"
         if run.variant == "direct_iterative" and t > 0:
@@ -174,13 +180,21 @@ def mcof(run: Run, iterations: int) -> str:
             refine = t == 0 and run.variant != "no_saliency"
             # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O
             regions = relabel_records(
-                run, "regionnet", regionnet, seeds, f"{it}/regions", classes, t + 1, refine=refine
+                run,
+                "regionnet",
+                regionnet,
+                seeds,
+                f"{it}/regions",
+                classes,
+                t + 1,
+                refine=refine,
+                prior_correction=prior and t > 0,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet
         )  # 9: train PixelNet with O^R
         seeds = relabel_records(
-            run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1
+            run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1, prior_correction=prior
         )  # 10-11: S <- M
         relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
     return pixelnet

@@ -34,7 +34,7 @@ import tensorflow as tf
 from mcof_tf import precision
 from mcof_tf.config import Config
 from mcof_tf.data.pipeline import dataset_from_config
-from mcof_tf.data.records import MANIFEST, count_records, superpixel_counts
+from mcof_tf.data.records import MANIFEST, count_records, decode_example, superpixel_counts
 from mcof_tf.fileio import file_digest, read_json, write_json_atomic
 from mcof_tf.models import losses
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER
@@ -449,6 +449,9 @@ def train(
             "images_over_max_regions": over,
             "warm_start": bool(init_from),
             "dtype_policy": model.dtype_policy.name,
+            # what relabelling with labels.prior_correction needs (the classes' shares it learned from)
+            "label_shares": None if network == "cam" else label_shares(network, records, cfg, num_classes),
+            "class_balance": cfg.train.class_balance,
         },
     )
     save_model(model, os.path.join(out_dir, MODEL_FILE))
@@ -559,6 +562,50 @@ def training_inputs(
         },
     }
     return json.loads(json.dumps(inputs))
+
+
+def label_shares(network: NetworkName, records: str, cfg: Config, num_classes: int) -> list[float]:
+    """Each class's share of the labelled targets the network's loss sees (whole images, no
+    augmentation): superpixels for RegionNet, pixels for PixelNet. With `train.class_balance` the loss
+    weighs class c by about share_c ** -class_balance, which shifts the trained network's decisions
+    towards rare classes by that much; `prior_offsets` undoes the shift from these shares."""
+    if network == "cam":
+        raise ValueError("the CAM's targets are tags, not labels")
+    batch = NETWORKS[network].batch
+
+    def counts(ex):
+        b = {k: v[None] for k, v in ex.items()}  # a batch of one image: sizes differ
+        targets = tf.reshape(tf.cast(batch(b, num_classes, cfg)[1], tf.int32), [-1])
+        targets = tf.boolean_mask(targets, (targets >= 0) & (targets < num_classes))
+        return tf.math.bincount(targets, minlength=num_classes, maxlength=num_classes, dtype=tf.int64)
+
+    files = sorted(tf.io.gfile.glob(records))
+    ds = tf.data.TFRecordDataset(files).map(
+        lambda s: counts(decode_example(s, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    total = ds.reduce(tf.zeros([num_classes], tf.int64), lambda a, c: a + c).numpy()
+    if not total.sum():
+        raise ValueError(f"the records at {records} hold no labels for {network}")
+    return [round(float(x), 8) for x in total / total.sum()]
+
+
+def ensure_label_shares(out_dir: str, network: NetworkName, records: str, cfg: Config, num_classes: int):
+    """Add `label_shares` to a finished stage's train.json written before mcof_tf recorded them."""
+    path = os.path.join(out_dir, "train.json")
+    done = read_json(path)
+    if network != "cam" and done is not None and done.get("label_shares") is None:
+        shares = label_shares(network, records, cfg, num_classes)
+        write_json_atomic(path, {**done, "label_shares": shares, "class_balance": cfg.train.class_balance})
+
+
+def prior_offsets(shares: Sequence[float], class_balance: float) -> np.ndarray:
+    """Logit offsets class_balance * log(share_c) that undo a class-balanced loss's shift of the
+    decisions (post-hoc logit adjustment, Menon et al., ICLR 2021): with them a network's labels keep
+    the class shares it learned from instead of drifting towards equal shares stage after stage. A
+    class absent from the training labels gets the rarest present class's offset."""
+    shares = np.asarray(shares, np.float64)
+    floor = shares[shares > 0].min() if (shares > 0).any() else 1.0
+    return (class_balance * np.log(np.maximum(shares, floor))).astype(np.float32)
 
 
 def regions_over_the_limit(records: str, cfg: Config) -> int:

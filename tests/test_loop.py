@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 
 import pytest
@@ -35,7 +36,7 @@ def finished(tiny_root, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(base)  # exports land in ./saved_models
     try:
-        cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny"])
+        cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", "labels.prior_correction=true"])
         rep = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
         yield cfg, base, rep
     finally:
@@ -74,6 +75,27 @@ def test_report_has_every_stage_of_table_3(finished):
         and "| iter2/pixelnet |" in (work / "report.md").read_text()
     )
     assert (work / "miou_progress.png").stat().st_size > 0 and (work / "stages.png").stat().st_size > 0
+
+
+def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
+    """labels.prior_correction: PixelNet's training-set labels and those of RegionNets after the first
+    undo their network's class balance, from the label shares recorded with each network; the first
+    RegionNet (partial seeds) and validation are left as they are."""
+    cfg, base, rep = finished
+    work = base / "work"
+
+    def offsets(folder):
+        return json.load(open(work / folder / "manifest.json"))["prior_offsets"]
+
+    assert offsets("iter1/regions") is None and offsets("iter1/val") is None and offsets("iter2/val") is None
+    for folder, network in (("iter1/masks", "iter1/pixelnet"), ("iter2/regions", "iter2/regionnet")):
+        done = json.load(open(work / network / "train.json"))
+        shares = done["label_shares"]
+        assert abs(sum(shares) - 1) < 1e-6 and len(shares) == len(offsets(folder)) == 7
+        floor = min(s for s in shares if s > 0)
+        expected = [cfg.train.class_balance * math.log(max(s, floor)) for s in shares]
+        assert offsets(folder) == pytest.approx(expected, abs=1e-5)
+    assert json.load(open(work / "cam" / "train.json"))["label_shares"] is None
 
 
 def test_final_pixelnet_is_exported_in_tf_serving_layout(finished):

@@ -117,6 +117,62 @@ def test_pixelnet_masks_with_crf_or_a_confidence_cut(base, tmp_path):
     assert all(r.label_stage == "pixelnet" and (r.labels != 255).all() for r in recs_val)
 
 
+def test_prior_correction_reads_the_models_label_shares(base, tmp_path):
+    """--prior-correction adds class_balance * log(share) from the model folder's train.json: shares
+    that make background common and the objects very rare turn more pixels into background; the offsets
+    are recorded in the manifest (and its fingerprint); a model without recorded shares is refused."""
+    import dataclasses
+    import shutil
+
+    cfg, recs, classes, paths = base
+    # keep_tags off: its rescue of a tag that wins nowhere would decide this test, not the correction
+    cfg = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, keep_tags=False))
+    folder = tmp_path / "pixelnet"
+    folder.mkdir()
+    shutil.copy(paths["pixelnet"], folder / "model.keras")
+
+    def run(name, correct):
+        m = relabel.run(
+            recs,
+            str(folder),
+            "pixelnet",
+            str(tmp_path / name),
+            cfg,
+            len(classes),
+            classes,
+            PipelineOptions([]),
+            1,
+            prior_correction=correct,
+        )
+        labels = np.concatenate(
+            [r.labels.ravel() for r in records.read_records(str(tmp_path / name / "*.tfrecord"))]
+        )
+        return m, (labels == 0).mean()
+
+    with pytest.raises(ValueError, match="label_shares"):
+        run("none", True)
+    shares = [0.999994] + [1e-6] * 6
+    (folder / "train.json").write_text(json.dumps({"label_shares": shares, "class_balance": 1.0}))
+    plain, background = run("plain", False)
+    corrected, background_corrected = run("corrected", True)
+    assert plain["prior_offsets"] is None
+    assert corrected["prior_offsets"] == pytest.approx(np.log(shares), abs=1e-5)
+    assert background_corrected > background and background_corrected > 0.99
+    with pytest.raises(ValueError, match="regionnet and pixelnet"):
+        relabel.run(
+            recs,
+            paths["cam"],
+            "cam",
+            str(tmp_path / "c"),
+            cfg,
+            len(classes),
+            classes,
+            PipelineOptions([]),
+            0,
+            prior_correction=True,
+        )
+
+
 def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
     cfg, recs, classes, paths = base
     bad = tmp_path / "in"

@@ -176,3 +176,37 @@ def test_same_seed_gives_the_same_weights(labelled_records, tiny_cfg, tmp_path):
         "pixelnet", labelled_records, str(tmp_path / "c"), cfg, 7, epochs=2, steps_per_epoch=2, verbose=0
     )
     assert any(not np.array_equal(x, y) for x, y in zip(a.get_weights(), c.get_weights()))
+
+
+def test_label_shares_count_what_each_loss_sees(labelled_records, tiny_cfg):
+    """PixelNet: the labelled pixels; RegionNet: one majority label per superpixel below max_regions."""
+    from mcof_tf.data import records
+
+    recs = list(records.read_records(labelled_records))
+    pixels = sum(np.bincount(r.labels[r.labels != 255], minlength=7)[:7] for r in recs)
+    assert training.label_shares("pixelnet", labelled_records, tiny_cfg, 7) == pytest.approx(
+        pixels / pixels.sum(), abs=1e-7
+    )
+    regions = np.zeros(7)
+    for r in recs:
+        for k in range(min(r.num_superpixels, tiny_cfg.model.max_regions)):
+            lab = r.labels[(r.superpixels == k) & (r.labels != 255)]
+            if lab.size:
+                regions[np.bincount(lab, minlength=7).argmax()] += 1
+    assert training.label_shares("regionnet", labelled_records, tiny_cfg, 7) == pytest.approx(
+        regions / regions.sum(), abs=1e-7
+    )
+    with pytest.raises(ValueError, match="tags"):
+        training.label_shares("cam", labelled_records, tiny_cfg, 7)
+
+
+def test_prior_offsets_undo_a_class_balanced_shift():
+    """A loss weighting class c by share_c ** -b shifts the learned logits by -b log share_c; the
+    offsets add it back. An absent class gets the rarest present class's offset."""
+    shares = np.array([0.8, 0.15, 0.05, 0.0])
+    off = training.prior_offsets(shares, 0.5)
+    np.testing.assert_allclose(off, 0.5 * np.log([0.8, 0.15, 0.05, 0.05]), rtol=1e-6)
+    true_logits = np.log([0.6, 0.3, 0.1, 1e-9])  # background is the right answer
+    balanced = true_logits - 0.5 * np.log(np.maximum(shares, 0.05))  # what the weighted loss learns
+    assert balanced.argmax() == 1 and (balanced + off).argmax() == 0
+    np.testing.assert_allclose(training.prior_offsets(shares, 0.0), 0.0)
