@@ -18,7 +18,8 @@ Stages (the rule applied to each image's prediction):
 classes in the labels it was trained on (its train.json), so that its labels keep those shares instead
 of the class-balanced loss's shift towards rare classes (see `mcof_tf.training.prior_offsets`).
 
-The model (`DIR/model.keras` or a `.keras` path) is loaded once per worker in `setup()`. Where records
+The network runs under `RunInference` (`NetworkHandler`: the model, `DIR/model.keras` or a `.keras`
+path, is loaded once per worker process); `LabelRules` turns its scores into labels. Where records
 carry ground truth, the job also sums confusion matrices of what it produced (and, with --refine, of the
 unrefined RegionNet labels), reported in `OUT/manifest.json` under "metrics". As every job of the
 project: rejected records go to `OUT/rejected.jsonl` and read == written + rejected.
@@ -40,6 +41,7 @@ from typing import Literal, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
@@ -73,46 +75,34 @@ class SumPerName(beam.PTransform):
         )
 
 
-class RelabelFn(beam.DoFn):
-    """Serialized example → serialized example with new labels (+ confusion matrices on a side output)."""
+class NetworkHandler(ModelHandler):
+    """RunInference's model handler for one stage's Keras network: loaded once per worker process and
+    shared by its threads; one record per call (images differ in size). Its output per record is the
+    network's raw scores for the label rules (`LabelRules`): CAMs (C-1, H, W) for "cam", one row of
+    logits per superpixel (n, C) for "regionnet", logits at image size (H, W, C) for "pixelnet".
+    Beam's own TF handler (`apache_beam.ml.inference.tensorflow_inference.TFModelHandlerNumpy`) loads
+    with `tf.keras.models.load_model`, which reads neither Keras-3 `.keras` files with this project's
+    custom layers nor two-input models fed a dict of differently sized arrays. A record that cannot be
+    parsed or run is a result carrying its rejection, not an exception: the job counts it and goes on."""
 
     def __init__(
         self,
-        model_path: Optional[str],
+        model_path: str,
         stage: Stage,
         num_classes: int,
         mean_rgb: Sequence[float],
         max_regions: int,
         seed_params: dict,
-        iteration: int,
-        refine: bool,
-        use_tags: bool,
-        label_rules: Optional[dict] = None,
-        prior_offsets: Optional[Sequence[float]] = None,
     ):
-        self.model_path = model_path
-        self.stage = stage
-        self.num_classes = num_classes
-        self.mean_rgb = list(mean_rgb)
-        self.max_regions = max_regions
+        super().__init__(max_batch_size=1)  # images differ in size: one per call
+        self.model_path, self.stage, self.num_classes = model_path, stage, num_classes
+        self.mean_rgb, self.max_regions = list(mean_rgb), max_regions
         self.seed_params = dict(seed_params)
-        self.iteration = iteration
-        self.refine = refine
-        self.use_tags = use_tags
-        self.label_rules = dict(label_rules or {})  # config `labels`: tag_rule, keep_tags
-        # added to the network's logits before any rule (None: none); see --prior-correction
-        self.prior_offsets = None if prior_offsets is None else np.asarray(prior_offsets, np.float32)
-        self.written = Metrics.counter("relabel", "written")
-        self.rejected = Metrics.counter("relabel", "rejected")
-        self.latency = Metrics.distribution("relabel", "ms_per_image")
 
-    def setup(self):
+    def load_model(self):
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)  # one worker process per core; see beam_jobs.preprocess
-        self.count = 0
-        if self.stage == "groundtruth":
-            return
         import tensorflow as tf
 
         from mcof_tf import training
@@ -123,25 +113,99 @@ class RelabelFn(beam.DoFn):
 
             extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
             scales, flip = self.seed_params.get("scales", [1.0]), self.seed_params.get("flip", False)
-            self.cams = tf.function(
+            return tf.function(
                 lambda x: class_activation_maps(extractor, kernel, x, scales, flip), reduce_retracing=True
             )
-        # one trace for every image size
-        self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # one trace, any size
 
-    def process(self, serialized: bytes):
+    def run_inference(self, batch, model, inference_args=None):
         from mcof_tf.data import records
 
-        rec_id = "?"
-        try:
-            from mcof_tf.evaluate import confusion, label_stats
+        for serialized in batch:
+            rec = None
+            try:
+                rec = records.parse_example(serialized)
+                yield PredictionResult(rec, {"scores": self._scores(rec, model)})
+            except Exception as e:  # noqa: BLE001 - counted and reported by LabelRules, never dropped
+                yield PredictionResult(rec, {"rejected": f"{type(e).__name__}: {e}"})
 
-            rec = records.parse_example(serialized)
-            rec_id = rec.id
-            previous = self._labels_of(rec)
+    def get_metrics_namespace(self) -> str:
+        return "relabel"
+
+    def _scores(self, rec, forward) -> np.ndarray:
+        import tensorflow as tf
+
+        image = tf.constant((rec.image.astype(np.float32) - np.asarray(self.mean_rgb, np.float32))[None])
+        if self.stage == "cam":
+            return np.asarray(forward(image))[0]
+        if self.stage == "pixelnet":
+            return np.asarray(tf.image.resize(forward(image), [rec.height, rec.width], method="bilinear"))[0]
+        # regionnet: images with more superpixels than the model's max_regions go in chunks of ids
+        n = rec.num_superpixels
+        out = np.zeros((n, self.num_classes), np.float32)
+        for start in range(0, n, self.max_regions):
+            sp = rec.superpixels - start
+            sp = np.where((sp >= 0) & (sp < self.max_regions), sp, -1).astype(np.int32)
+            logits = forward({"image": image, "superpixels": tf.constant(sp[None])})
+            stop = min(start + self.max_regions, n)
+            out[start:stop] = np.asarray(logits[0])[: stop - start]
+        return out
+
+
+def parsed(serialized: bytes) -> PredictionResult:
+    """The "groundtruth" stage's stand-in for RunInference (no network): the parsed record."""
+    from mcof_tf.data import records
+
+    try:
+        return PredictionResult(records.parse_example(serialized), {"scores": None})
+    except Exception as e:  # noqa: BLE001 - counted and reported by LabelRules
+        return PredictionResult(None, {"rejected": f"{type(e).__name__}: {e}"})
+
+
+class LabelRules(beam.DoFn):
+    """A record and its network's scores → the record with the next stage's labels (main output), and
+    per produced label map its confusion matrix (where the record has ground truth) and its label
+    statistics on side outputs; a rejected record goes to the `rejected` output."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        num_classes: int,
+        seed_params: dict,
+        iteration: int,
+        refine: bool,
+        use_tags: bool,
+        label_rules: Optional[dict] = None,
+        prior_offsets: Optional[Sequence[float]] = None,
+    ):
+        self.stage = stage
+        self.num_classes = num_classes
+        self.seed_params = dict(seed_params)
+        self.iteration = iteration
+        self.refine = refine
+        self.use_tags = use_tags
+        self.label_rules = dict(label_rules or {})  # config `labels`: tag_rule, keep_tags, crf, ...
+        # added to the network's logits before any rule (None: none); see --prior-correction
+        self.prior_offsets = None if prior_offsets is None else np.asarray(prior_offsets, np.float32)
+        self.written = Metrics.counter("relabel", "written")
+        self.rejected = Metrics.counter("relabel", "rejected")
+        self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
+
+    def setup(self):
+        self.count = 0
+
+    def process(self, result: PredictionResult):
+        from mcof_tf.data import records
+        from mcof_tf.evaluate import confusion, label_stats
+
+        rec, inference = result.example, result.inference
+        try:
+            if "rejected" in inference:
+                raise ValueError(inference["rejected"])
+            previous = labels_of(rec)
             self._confidence = None
             started = time.perf_counter()
-            out, produced = self._relabel(rec)
+            out, produced = self._relabel(rec, inference["scores"])
             self.latency.update(int(1000 * (time.perf_counter() - started)))
             yield records.encode(out)
             self.written.inc()
@@ -157,26 +221,15 @@ class RelabelFn(beam.DoFn):
                     )
         except Exception as e:  # noqa: BLE001 - counted and reported, never silently dropped
             self.rejected.inc()
+            message = str(e) if "rejected" in inference else f"{type(e).__name__}: {e}"
             yield beam.pvalue.TaggedOutput(
-                common.REJECTED, common.rejection(rec_id, f"{type(e).__name__}: {e}")
+                common.REJECTED, common.rejection(rec.id if rec is not None else "?", message)
             )
         self.count += 1
         if self.count % 50 == 0:
             log.info(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images")
 
-    @staticmethod
-    def _labels_of(rec):
-        """The pixel labels a record arrives with (the previous stage's), None when it has none."""
-        from mcof_tf.method.labels import paint
-
-        if rec.labels is not None:
-            return rec.labels
-        return None if rec.superpixel_labels is None else paint(rec.superpixel_labels, rec.superpixels)
-
-    def _image(self, rec):
-        return (rec.image.astype(np.float32) - np.asarray(self.mean_rgb, np.float32))[None]
-
-    def _relabel(self, rec):
+    def _relabel(self, rec, scores):
         """→ (new Record, {name: pixel labels to evaluate})."""
         from mcof_tf.method.labels import paint
 
@@ -191,16 +244,17 @@ class RelabelFn(beam.DoFn):
         if self.stage == "cam":
             from mcof_tf.method.seeds import cam_seeds
 
-            cams = np.asarray(self.cams(self._image(rec)))[0]
             rule = {
                 k: v for k, v in self.seed_params.items() if k not in ("scales", "flip")
             }  # CAM inference's
-            rec.superpixel_labels = cam_seeds(cams, rec.superpixels, tags, **rule)
+            rec.superpixel_labels = cam_seeds(scores, rec.superpixels, tags, **rule)
             rec.label_stage = "seeds"
             return rec, {"seeds": paint(rec.superpixel_labels, rec.superpixels)}
         enforce = tags if self.use_tags else None
+        if self.prior_offsets is not None:
+            scores = scores + self.prior_offsets
         if self.stage == "regionnet":
-            region = self._tag_argmax(self._adjusted(self._region_scores(rec)), enforce)
+            region = self._tag_argmax(scores, enforce)
             pixels = paint(region, rec.superpixels)
             produced = {"regionnet": pixels}
             if self.refine and len(tags) == 1:
@@ -214,11 +268,6 @@ class RelabelFn(beam.DoFn):
                 produced["refined"] = rec.labels if rec.labels is not None else pixels
             return rec, produced
         # pixelnet
-        import tensorflow as tf
-
-        logits = self.forward(tf.constant(self._image(rec)))
-        logits = tf.image.resize(logits, [rec.height, rec.width], method="bilinear")
-        scores = self._adjusted(np.asarray(logits[0]))
         from mcof_tf.method.labels import leave_unsure
         from mcof_tf.method.refine import crf_probabilities, softmax
 
@@ -238,9 +287,6 @@ class RelabelFn(beam.DoFn):
         rec.labels, rec.label_stage = mask, ("pixelnet" if mask is raw else "masks")
         return rec, produced
 
-    def _adjusted(self, scores: np.ndarray) -> np.ndarray:
-        return scores if self.prior_offsets is None else scores + self.prior_offsets
-
     def _tag_argmax(self, scores, tags):
         from mcof_tf.method.labels import tag_argmax
 
@@ -251,21 +297,14 @@ class RelabelFn(beam.DoFn):
             self.label_rules.get("keep_tags", False),
         )
 
-    def _region_scores(self, rec) -> np.ndarray:
-        """RegionNet's logits (n, C) for every superpixel; images with more superpixels than the
-        model's `max_regions` are classified in chunks of ids."""
-        import tensorflow as tf
 
-        n = rec.num_superpixels
-        image = tf.constant(self._image(rec))
-        out = np.zeros((n, self.num_classes), np.float32)
-        for start in range(0, n, self.max_regions):
-            sp = rec.superpixels - start
-            sp = np.where((sp >= 0) & (sp < self.max_regions), sp, -1).astype(np.int32)
-            logits = self.forward({"image": image, "superpixels": tf.constant(sp[None])})
-            stop = min(start + self.max_regions, n)
-            out[start:stop] = np.asarray(logits[0])[: stop - start]
-        return out
+def labels_of(rec):
+    """The pixel labels a record arrives with (the previous stage's), None when it has none."""
+    from mcof_tf.method.labels import paint
+
+    if rec.labels is not None:
+        return rec.labels
+    return None if rec.superpixel_labels is None else paint(rec.superpixel_labels, rec.superpixels)
 
 
 def run(
@@ -329,18 +368,22 @@ def run(
         read = common.count_records(records)
         started = time.time()
         log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
-        fn = RelabelFn(
-            model_path,
-            stage,
-            num_classes,
-            cfg.input.mean_rgb,
-            cfg.model.max_regions,
-            asdict(cfg.seeds),
-            iteration,
-            refine,
-            use_tags,
-            asdict(cfg.labels),
-            offsets,
+        rules = LabelRules(
+            stage, num_classes, asdict(cfg.seeds), iteration, refine, use_tags, asdict(cfg.labels), offsets
+        )
+        scores = (
+            beam.Map(parsed)
+            if stage == "groundtruth"
+            else RunInference(
+                NetworkHandler(
+                    model_path,
+                    stage,
+                    num_classes,
+                    cfg.input.mean_rgb,
+                    cfg.model.max_regions,
+                    asdict(cfg.seeds),
+                )
+            )
         )
 
         def build(p):
@@ -348,7 +391,9 @@ def run(
                 p
                 | "Read" >> beam.io.ReadFromTFRecord(records)
                 | "Spread" >> beam.Reshuffle()
-                | "Relabel" >> beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
+                | "Network" >> scores
+                | "Relabel"
+                >> beam.ParDo(rules).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
             )
             {
                 "records": results.records,

@@ -202,8 +202,10 @@ def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
 def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     first = _run(base, "cam", tmp_path)
-    # the job's Beam metrics, logged after the run: counters and the per-image latency distribution
-    metrics = rf"relabel: Beam metrics: written {first['written']}, ms_per_image mean \d+"
+    # the job's Beam metrics, logged after the run: counters (RunInference's among them) and the
+    # per-image latency distributions of the network and of the label rules
+    n = first["written"]
+    metrics = rf"relabel: Beam metrics: num_inferences {n}, written {n}, inference_batch_latency.*ms_per_image mean \d+"
     assert re.search(metrics, caplog.text)
     assert _run(base, "cam", tmp_path) == first and "complete already" in caplog.text
     cfg, recs, classes, _ = base

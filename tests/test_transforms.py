@@ -96,11 +96,13 @@ def test_preprocess_fn_makes_records_and_rejects_bad_ids_on_its_side_output(tiny
         )
 
 
-def test_relabel_fn_cam_stage_seeds_every_record_within_its_tags(labelled_records, tmp_path):
-    """RelabelFn with a (random) CAM: each record gets seeds of its image's size holding only its tags,
-    background or unlabelled; seeds are scored against the ground truth on the confusion output; an
-    unreadable element is a rejection, not a lost image."""
-    from beam_jobs.relabel import CONFUSION, STATS, RelabelFn
+def test_relabel_cam_stage_seeds_every_record_within_its_tags(labelled_records, tmp_path):
+    """RunInference(NetworkHandler) + LabelRules with a (random) CAM: each record gets seeds of its
+    image's size holding only its tags, background or unlabelled; seeds are scored against the ground
+    truth on the confusion output; an unreadable element is a rejection, not a lost image."""
+    from apache_beam.ml.inference.base import RunInference
+
+    from beam_jobs.relabel import CONFUSION, STATS, LabelRules, NetworkHandler, labels_of
     from mcof_tf import training
     from mcof_tf.models.cam import build_cam
 
@@ -108,18 +110,20 @@ def test_relabel_fn_cam_stage_seeds_every_record_within_its_tags(labelled_record
     training.save_model(build_cam(7, "vgg16_small", 0.125, batch_norm=True), model_path)
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(labelled_records)]
     seeds = {"fg_threshold": 0.3, "peak_min": 0.2, "bg_threshold": 0.1, "scales": [1.0], "flip": False}
-    fn = RelabelFn(model_path, "cam", 7, [0.0, 0.0, 0.0], 192, seeds, 0, False, True)
+    handler = NetworkHandler(model_path, "cam", 7, [0.0, 0.0, 0.0], 192, seeds)
+    rules = LabelRules("cam", 7, seeds, 0, False, True)
 
     def within_tags(r):
         allowed = {0, 255} | {int(t) for t in r.tag_indices}
-        labels = RelabelFn._labels_of(r)  # seeds are kept per superpixel: painted to pixels here
+        labels = labels_of(r)  # seeds are kept per superpixel: painted to pixels here
         return labels.shape == (r.height, r.width) and set(np.unique(labels).tolist()) <= allowed
 
     with test_pipeline.TestPipeline() as p:
         out = (
             p
             | beam.Create(serialized + [b"not a record"])
-            | beam.ParDo(fn).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
+            | RunInference(handler)
+            | beam.ParDo(rules).with_outputs(common.REJECTED, CONFUSION, STATS, main="records")
         )
         checked = out.records | beam.Map(records.parse_example) | beam.Map(within_tags)
         assert_that(checked, equal_to([True] * len(serialized)), label="labels")
