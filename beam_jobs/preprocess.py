@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ class PreprocessFn(beam.DoFn):
         superpixel_params: dict,
         saliency_method: str,
         max_side: int,
+        progress: Optional[common.Progress] = None,
     ):
         self.root = root
         self.classes = list(classes)
@@ -58,6 +58,7 @@ class PreprocessFn(beam.DoFn):
         self.done = Metrics.counter("preprocess", "written")
         self.rejected = Metrics.counter("preprocess", "rejected")
         self.latency = Metrics.distribution("preprocess", "ms_per_image")
+        self.progress = progress or common.Progress("preprocess")
 
     def setup(self):
         from threadpoolctl import threadpool_limits
@@ -69,7 +70,7 @@ class PreprocessFn(beam.DoFn):
         threadpool_limits(1)
 
         self.dataset = VocDataset(self.root, self.classes, self.mask_dirs)
-        self.count = 0
+        self.progress.start()
 
     def process(self, image_id):
         from mcof_tf.data.voc import RejectedInput
@@ -88,9 +89,7 @@ class PreprocessFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 common.REJECTED, common.rejection(image_id, f"unexpected {type(e).__name__}: {e}")
             )
-        self.count += 1
-        if self.count % 50 == 0:
-            log.info(f"preprocess: worker {os.getpid()} has processed {self.count} images")
+        self.progress.tick()
 
     def _example(self, image_id: str) -> bytes:
         from PIL import Image
@@ -173,6 +172,7 @@ def run(data_root: str, split: str, out_dir: str, cfg: Config, pipeline_options=
             asdict(cfg.superpixels),
             cfg.saliency.method,
             cfg.data.max_side,
+            common.Progress("preprocess", common.expected_per_worker(pipeline_options, len(ids))),
         )
 
         def build(p):

@@ -177,6 +177,7 @@ class LabelRules(beam.DoFn):
         use_tags: bool,
         label_rules: Optional[dict] = None,
         prior_offsets: Optional[Sequence[float]] = None,
+        progress: Optional[common.Progress] = None,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -190,9 +191,10 @@ class LabelRules(beam.DoFn):
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
+        self.progress = progress or common.Progress(f"relabel {stage}")
 
     def setup(self):
-        self.count = 0
+        self.progress.start()
 
     def process(self, result: PredictionResult):
         from mcof_tf.data import records
@@ -225,9 +227,7 @@ class LabelRules(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 common.REJECTED, common.rejection(rec.id if rec is not None else "?", message)
             )
-        self.count += 1
-        if self.count % 50 == 0:
-            log.info(f"relabel {self.stage}: worker {os.getpid()} has relabelled {self.count} images")
+        self.progress.tick()
 
     def _relabel(self, rec, scores):
         """→ (new Record, {name: pixel labels to evaluate})."""
@@ -369,7 +369,15 @@ def run(
         started = time.time()
         log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
         rules = LabelRules(
-            stage, num_classes, asdict(cfg.seeds), iteration, refine, use_tags, asdict(cfg.labels), offsets
+            stage,
+            num_classes,
+            asdict(cfg.seeds),
+            iteration,
+            refine,
+            use_tags,
+            asdict(cfg.labels),
+            offsets,
+            common.Progress(f"relabel {stage}", common.expected_per_worker(pipeline_options, read)),
         )
         scores = (
             beam.Map(parsed)

@@ -1,6 +1,7 @@
 """The Beam jobs' composite transforms under TestPipeline, checked with assert_that."""
 
 import json
+import re
 
 import apache_beam as beam
 import numpy as np
@@ -135,3 +136,19 @@ def test_relabel_cam_stage_seeds_every_record_within_its_tags(labelled_records, 
         assert_that(
             out[common.REJECTED] | beam.Map(lambda line: json.loads(line)["id"]), equal_to(["?"]), label="bad"
         )
+
+
+def test_progress_lines_have_rate_and_eta_and_expected_counts_follow_the_runner():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    progress = common.Progress("relabel cam", expected=4, every=3600)
+    progress.start()
+    assert [progress.tick() for _ in range(3)] == [None, None, None]  # quiet between intervals
+    last = progress.tick()  # the worker's last expected element is always reported
+    assert re.fullmatch(r"relabel cam: worker \d+: 4/4 images, [\d.]+ images/s, ETA 0 s", last)
+    free = common.Progress("preprocess", every=0)
+    free.start()
+    assert re.fullmatch(r"preprocess: worker \d+: 1 images, [\d.]+ images/s", free.tick())
+    two = PipelineOptions(["--direct_num_workers", "2"])
+    assert common.expected_per_worker(two, 5) == 3 and common.expected_per_worker(None, 5) == 5
+    assert common.expected_per_worker(PipelineOptions(["--runner", "DataflowRunner"]), 5) is None
