@@ -250,3 +250,24 @@ def test_regionnet_says_how_many_images_have_more_superpixels_than_it_classifies
     cfg = load_config("synthetic", ["model.max_regions=8"])
     assert regions_over_the_limit(path, cfg) == 1
     assert "1 of 3 images have more than model.max_regions=8 superpixels (up to 12)" in caplog.text
+
+
+def test_a_corrupt_manifest_is_one_line_naming_it(record_folder, tiny_root, capsys):
+    """A manifest that is not JSON (a disk filled mid-write by another tool) stops the job with one
+    line naming the file, before anything in the folder is touched."""
+    (record_folder / "manifest.json").write_text('{"fingerprint": "abc", "sha')
+    before = _digest(record_folder)
+    args = [
+        "--data-root",
+        tiny_root,
+        "--split",
+        "val",
+        "--out",
+        str(record_folder),
+        "--set",
+        "records.num_shards=1",
+    ]
+    assert preprocess.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "manifest.json is not valid JSON" in err and "\n" not in err
+    assert _digest(record_folder) == before

@@ -307,6 +307,25 @@ def test_predict_cli_writes_palette_pngs_overlays_and_resumes(exported, image_fo
     assert (out / "a.png").read_bytes() == before
 
 
+def test_an_unreadable_input_is_a_counted_rejection_in_both_predict_paths(exported, tmp_path, capsys):
+    """A dangling link (a file deleted under a listed name) is rejected with its reason; the job goes on."""
+    from beam_jobs.predict import PredictorHandler
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(images / "a.png")
+    os.symlink(tmp_path / "deleted.png", images / "gone.png")
+    out = tmp_path / "out"
+    assert predict.main(["--model", exported["v1"], "--images", str(images), "--out", str(out)]) == 0
+    assert "read 2, written 1, already done 0, rejected 1" in capsys.readouterr().out
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejected] == [str(images / "gone.png")]
+    assert rejected[0]["reason"].startswith("cannot be read")
+    handler = PredictorHandler(exported["v1"], str(images), str(tmp_path / "beam"), [1.0], False, False)
+    (result,) = handler.run_inference([str(images / "gone.png")], handler.load_model())
+    assert result.inference["rejected"].startswith("cannot be read: ")
+
+
 def test_inputs_sharing_an_output_name_are_counted_not_overwritten(exported, tmp_path, capsys):
     images = tmp_path / "imgs"
     images.mkdir()
