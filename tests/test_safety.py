@@ -48,11 +48,14 @@ def test_overlap_rule(tmp_path):
     )
 
 
+def _preprocess_val(root, out) -> list:
+    return ["--data-root", str(root), "--split", "val", "--out", str(out), "--set", "records.num_shards=1"]
+
+
 @pytest.fixture
 def record_folder(tiny_root, tmp_path):
     out = tmp_path / "records"
-    args = ["--data-root", tiny_root, "--split", "val", "--out", str(out), "--set", "records.num_shards=1"]
-    assert preprocess.main(args) == 0
+    assert preprocess.main(_preprocess_val(tiny_root, out)) == 0
     return out
 
 
@@ -164,16 +167,7 @@ def test_a_deleted_or_truncated_shard_makes_the_job_run_again(record_folder, tin
     caplog.set_level(logging.INFO)
     shard = sorted(record_folder.glob("*.tfrecord"))[0]
     good = shard.read_bytes()
-    args = [
-        "--data-root",
-        tiny_root,
-        "--split",
-        "val",
-        "--out",
-        str(record_folder),
-        "--set",
-        "records.num_shards=1",
-    ]
+    args = _preprocess_val(tiny_root, record_folder)
     for damage in (shard.unlink, lambda: shard.write_bytes(good[:-10])):
         damage()
         assert preprocess.main(args) == 0
@@ -257,16 +251,7 @@ def test_a_corrupt_manifest_is_one_line_naming_it(record_folder, tiny_root, caps
     line naming the file, before anything in the folder is touched."""
     (record_folder / "manifest.json").write_text('{"fingerprint": "abc", "sha')
     before = _digest(record_folder)
-    args = [
-        "--data-root",
-        tiny_root,
-        "--split",
-        "val",
-        "--out",
-        str(record_folder),
-        "--set",
-        "records.num_shards=1",
-    ]
+    args = _preprocess_val(tiny_root, record_folder)
     assert preprocess.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "manifest.json is not valid JSON" in err and "\n" not in err
