@@ -349,7 +349,8 @@ def run(
             "iteration": iteration,
             "refine": refine,
             "use_tags": use_tags,
-            "labels": asdict(cfg.labels),
+            # the labels rules; prior_correction (a loop's choice per stage) is in prior_offsets
+            "labels": {k: v for k, v in asdict(cfg.labels).items() if k != "prior_correction"},
             "seeds": asdict(cfg.seeds),
             "num_classes": num_classes,
             "mean_rgb": list(cfg.input.mean_rgb),  # the model's input normalisation

@@ -118,8 +118,9 @@ class LabelsConfig:
     # prior_correction: a network's labels for the next stage undo its class-balanced loss's shift
     # towards rare classes (logits + train.class_balance * log(class share in the labels it learned
     # from)), so they keep those shares rather than drifting towards equal shares stage after stage.
-    # For PixelNet and the RegionNets after the first (which learns from partial seeds).
-    prior_correction: bool = False
+    # "none"; "pixelnet": PixelNet's training-set masks; "all": those and the RegionNets' after the
+    # first (which learns from partial seeds, whose class shares are not the objects').
+    prior_correction: str = "none"
 
 
 @dataclass
@@ -222,6 +223,7 @@ _CHOICES = {
     "saliency.method": ("auto", "dataset", "geodesic"),
     "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
     "labels.tag_rule": ("restrict", "background"),
+    "labels.prior_correction": ("none", "pixelnet", "all"),
     "data.synthetic.backgrounds": ("photos", "grey"),
     "train.mixed_precision": POLICIES,
 }

@@ -167,8 +167,7 @@ def mcof(run: Run, iterations: int) -> str:
     cam = train_network(run, "cam", train_records, "cam", C)
     seeds = relabel_records(run, "cam", cam, train_records, "seeds", classes, 0)
     pixelnet = regionnet = None
-    # labels.prior_correction for networks that learned from dense masks; not for the first RegionNet:
-    # the seeds are partial by design, and their class shares are not those of the objects
+    # labels.prior_correction (see config.py): never for the first RegionNet, which learns from seeds
     prior = run.cfg.labels.prior_correction
     for t in range(iterations):  # 1: while iteration is effective
         it = f"iter{t + 1}"
@@ -188,13 +187,20 @@ def mcof(run: Run, iterations: int) -> str:
                 classes,
                 t + 1,
                 refine=refine,
-                prior_correction=prior and t > 0,
+                prior_correction=prior == "all" and t > 0,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet
         )  # 9: train PixelNet with O^R
         seeds = relabel_records(
-            run, "pixelnet", pixelnet, regions, f"{it}/masks", classes, t + 1, prior_correction=prior
+            run,
+            "pixelnet",
+            pixelnet,
+            regions,
+            f"{it}/masks",
+            classes,
+            t + 1,
+            prior_correction=prior != "none",
         )  # 10-11: S <- M
         relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
     return pixelnet

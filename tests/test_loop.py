@@ -36,7 +36,7 @@ def finished(tiny_root, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(base)  # exports land in ./saved_models
     try:
-        cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", "labels.prior_correction=true"])
+        cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", "labels.prior_correction=all"])
         rep = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
         yield cfg, base, rep
     finally:
