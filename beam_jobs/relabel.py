@@ -313,7 +313,7 @@ def run(
     stage: Stage,
     out_dir: str,
     cfg: Config,
-    num_classes: int,
+    *,
     classes: Sequence[str],
     pipeline_options=None,
     iteration: int = 0,
@@ -322,6 +322,7 @@ def run(
     prior_correction: bool = False,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
+    num_classes = len(classes)
     import tensorflow as tf
 
     from mcof_tf.evaluate import metrics_entry, stats_entry
@@ -500,13 +501,12 @@ def main(argv=None) -> int:
             args.stage,
             args.out,
             cfg,
-            len(classes),
-            classes,
-            options,
-            args.iteration,
-            args.refine,
-            not args.no_tags,
-            args.prior_correction,
+            classes=classes,
+            pipeline_options=options,
+            iteration=args.iteration,
+            refine=args.refine,
+            use_tags=not args.no_tags,
+            prior_correction=args.prior_correction,
         )
     except (
         ConfigError,

@@ -136,13 +136,12 @@ def relabel_records(
         stage,
         out,
         run.cfg,
-        len(classes),
-        classes,
-        run.beam_options,
-        iteration,
-        refine,
-        use_tags,
-        prior_correction,
+        classes=classes,
+        pipeline_options=run.beam_options,
+        iteration=iteration,
+        refine=refine,
+        use_tags=use_tags,
+        prior_correction=prior_correction,
     )
     return os.path.join(out, "*.tfrecord")
 

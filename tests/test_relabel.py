@@ -44,7 +44,14 @@ def base(tiny_root, tmp_path_factory):
 def _run(base, stage, out, **kw):
     cfg, recs, classes, paths = base
     return relabel.run(
-        recs, paths.get(stage), stage, str(out), cfg, len(classes), classes, PipelineOptions([]), **kw
+        recs,
+        paths.get(stage),
+        stage,
+        str(out),
+        cfg,
+        classes=classes,
+        pipeline_options=PipelineOptions([]),
+        **kw,
     )
 
 
@@ -96,10 +103,9 @@ def test_pixelnet_masks_with_crf_or_a_confidence_cut(base, tmp_path):
             "pixelnet",
             str(tmp_path / name),
             post,
-            len(classes),
-            classes,
-            PipelineOptions([]),
-            1,
+            classes=classes,
+            pipeline_options=PipelineOptions([]),
+            iteration=1,
             use_tags=use_tags,
         )
         return m, list(records.read_records(str(tmp_path / name / "*.tfrecord")))
@@ -138,10 +144,9 @@ def test_prior_correction_reads_the_models_label_shares(base, tmp_path):
             "pixelnet",
             str(tmp_path / name),
             cfg,
-            len(classes),
-            classes,
-            PipelineOptions([]),
-            1,
+            classes=classes,
+            pipeline_options=PipelineOptions([]),
+            iteration=1,
             prior_correction=correct,
         )
         labels = np.concatenate(
@@ -165,10 +170,8 @@ def test_prior_correction_reads_the_models_label_shares(base, tmp_path):
             "cam",
             str(tmp_path / "c"),
             cfg,
-            len(classes),
-            classes,
-            PipelineOptions([]),
-            0,
+            classes=classes,
+            pipeline_options=PipelineOptions([]),
             prior_correction=True,
         )
 
@@ -190,9 +193,8 @@ def test_groundtruth_stage_and_a_corrupt_record_is_counted(base, tmp_path):
         "groundtruth",
         str(tmp_path / "out"),
         cfg,
-        len(classes),
-        classes,
-        PipelineOptions([]),
+        classes=classes,
+        pipeline_options=PipelineOptions([]),
     )
     assert m["read"] == 4 and m["written"] == 3 and len(m["rejected"]) == 1
     for r in records.read_records(str(tmp_path / "out" / "*.tfrecord")):
@@ -210,7 +212,7 @@ def test_job_is_not_redone_and_missing_model_is_an_error(base, tmp_path, caplog)
     assert _run(base, "cam", tmp_path) == first and "complete already" in caplog.text
     cfg, recs, classes, _ = base
     with pytest.raises(FileNotFoundError, match="no trained model"):
-        relabel.run(recs, str(tmp_path / "nothing"), "cam", str(tmp_path / "o"), cfg, 7, classes)
+        relabel.run(recs, str(tmp_path / "nothing"), "cam", str(tmp_path / "o"), cfg, classes=classes)
 
 
 @pytest.mark.slow
