@@ -41,14 +41,15 @@ def base(tiny_root, tmp_path_factory):
     return cfg, os.path.join(out, "*.tfrecord"), m["classes"], paths
 
 
-def _run(base, stage, out, **kw):
-    cfg, recs, classes, paths = base
+def _run(base, stage, out, model=None, cfg=None, **kw):
+    """The job on the fixture's records, with its model for `stage` and config unless given."""
+    base_cfg, recs, classes, paths = base
     return relabel.run(
         recs,
-        paths.get(stage),
+        model or paths.get(stage),
         stage,
         str(out),
-        cfg,
+        cfg or base_cfg,
         classes=classes,
         pipeline_options=PipelineOptions([]),
         **kw,
@@ -97,17 +98,7 @@ def test_pixelnet_masks_with_crf_or_a_confidence_cut(base, tmp_path):
 
     def run(name, use_tags=True, **labels):
         post = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **labels))
-        m = relabel.run(
-            recs,
-            paths["pixelnet"],
-            "pixelnet",
-            str(tmp_path / name),
-            post,
-            classes=classes,
-            pipeline_options=PipelineOptions([]),
-            iteration=1,
-            use_tags=use_tags,
-        )
+        m = _run(base, "pixelnet", tmp_path / name, cfg=post, iteration=1, use_tags=use_tags)
         return m, list(records.read_records(str(tmp_path / name / "*.tfrecord")))
 
     m, recs_crf = run("crf", crf=True, min_confidence=0.0)
@@ -138,17 +129,7 @@ def test_prior_correction_reads_the_models_label_shares(base, tmp_path):
     shutil.copy(paths["pixelnet"], folder / "model.keras")
 
     def run(name, correct):
-        m = relabel.run(
-            recs,
-            str(folder),
-            "pixelnet",
-            str(tmp_path / name),
-            cfg,
-            classes=classes,
-            pipeline_options=PipelineOptions([]),
-            iteration=1,
-            prior_correction=correct,
-        )
+        m = _run(base, "pixelnet", tmp_path / name, str(folder), cfg, iteration=1, prior_correction=correct)
         labels = np.concatenate(
             [r.labels.ravel() for r in records.read_records(str(tmp_path / name / "*.tfrecord"))]
         )
