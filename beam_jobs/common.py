@@ -27,8 +27,9 @@ from typing import Optional
 import apache_beam as beam
 import tensorflow as tf
 
+from mcof_tf import fileio
 from mcof_tf.data.records import MANIFEST, count_records, example_id
-from mcof_tf.fileio import read_json, writable_dir, write_json_atomic
+from mcof_tf.fileio import is_remote, read_json, writable_dir, write_json_atomic
 
 REJECTED = "rejected"
 SHARD_SUFFIX = ".tfrecord"
@@ -44,6 +45,22 @@ def fingerprint(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_filesystems(*paths: Optional[str]) -> None:
+    """Refuse at once, in one line, a URL that Beam cannot open here: gs:// needs Beam's GCS filesystem
+    (google-cloud-storage), which the project's `gcp` extra installs."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for path in paths:
+        if path and is_remote(path):
+            try:
+                FileSystems.get_filesystem(path)
+            except ValueError:
+                raise ValueError(
+                    f"{path}: Beam has no filesystem for it on this machine; for gs:// install the gcp "
+                    "extra: pip install 'mcof_tf[gcp]' (apache-beam[gcp])"
+                ) from None
+
+
 def read_manifest(out_dir: str) -> Optional[dict]:
     return read_json(join(out_dir, MANIFEST))
 
@@ -57,7 +74,7 @@ def is_complete(out_dir: str, fingerprint: str) -> bool:
     sizes = m.get("shard_bytes", {})
     for name in m.get("shards", []):
         path = join(out_dir, name)
-        if not tf.io.gfile.exists(path) or (name in sizes and tf.io.gfile.stat(path).length != sizes[name]):
+        if not fileio.exists(path) or (name in sizes and fileio.size(path) != sizes[name]):
             log.info(f"{out_dir}: shard {name} is missing or changed; redoing the job")
             return False
     return True
@@ -67,16 +84,16 @@ def prepare_output(out_dir: str, prefix: str) -> None:
     """Empty the folder of an earlier, unfinished attempt: stale shards must never be mixed in."""
     writable_dir(out_dir)
     for pattern in (f"{prefix}-*{SHARD_SUFFIX}*", f"{REJECTED}*", f"{MANIFEST}*"):
-        for path in tf.io.gfile.glob(join(out_dir, pattern)):
-            tf.io.gfile.remove(path)
-    for path in tf.io.gfile.glob(join(out_dir, "beam-temp-*")):  # a killed sink's leftovers
-        tf.io.gfile.rmtree(path)
+        for path in fileio.glob(join(out_dir, pattern)):
+            fileio.remove(path)
+    for path in fileio.glob(join(out_dir, "beam-temp-*")):  # a killed sink's leftovers
+        fileio.rmtree(path)
 
 
 def read_rejected(out_dir: str) -> list[dict]:
     rows = []
-    for path in sorted(tf.io.gfile.glob(join(out_dir, f"{REJECTED}*.jsonl"))):
-        with tf.io.gfile.GFile(path, "r") as f:
+    for path in sorted(fileio.glob(join(out_dir, f"{REJECTED}*.jsonl"))):
+        with fileio.open_file(path, "r") as f:
             rows += [json.loads(line) for line in f.read().splitlines() if line.strip()]
     return sorted(rows, key=lambda r: r["id"])
 
@@ -103,7 +120,7 @@ class WriteShard(beam.DoFn):
         with tf.io.TFRecordWriter(tmp) as w:
             for _, serialized in sorted((example_id(e), e) for e in examples):
                 w.write(serialized)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        fileio.replace(tmp, path)
         yield path
 
 
@@ -167,13 +184,13 @@ def finish(
     if written is None:
         written = count_records(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
     rejected = read_rejected(out_dir)
-    shards = sorted(tf.io.gfile.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}")))
+    shards = sorted(fileio.glob(join(out_dir, f"{prefix}-*{SHARD_SUFFIX}")))
     manifest = {
         "read": read,
         "written": written,
         "rejected": rejected,
         "shards": [p.rsplit("/", 1)[-1] for p in shards],
-        "shard_bytes": {p.rsplit("/", 1)[-1]: tf.io.gfile.stat(p).length for p in shards},
+        "shard_bytes": {p.rsplit("/", 1)[-1]: fileio.size(p) for p in shards},
         "fingerprint": fingerprint,
         "seconds": round(time.time() - started, 3),
         **(extra or {}),

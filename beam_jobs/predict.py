@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from beam_jobs import common
+from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.fileio import check_output_apart, folder_lock
 
@@ -106,6 +107,7 @@ def run(
 ) -> dict:
     from mcof_tf.inference import check_saved_model, claim_output, list_inputs, unique_outputs
 
+    common.check_filesystems(inputs, out_dir)
     check_saved_model(model)  # on the launcher, before any worker starts
     base, paths = list_inputs(inputs)
     check_output_apart(out_dir, {"input images": base})  # the outputs are PNGs too: never read back
@@ -114,8 +116,8 @@ def run(
         claim_output(out_dir, model, scales, crf)
         paths, collisions = unique_outputs(paths, base)
         for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
-            for path in tf.io.gfile.glob(common.join(out_dir, pattern)):
-                tf.io.gfile.remove(path)
+            for path in fileio.glob(common.join(out_dir, pattern)):
+                fileio.remove(path)
         started = time.time()
         log.info(f"predict: {len(paths) + len(collisions)} images from {inputs} → {out_dir}")
         handler = PredictorHandler(model, base, out_dir, scales, crf, overlay)
@@ -137,9 +139,9 @@ def run(
             )
 
         common.run_pipeline(pipeline_options, build, "predict")
-        with tf.io.gfile.GFile(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
+        with fileio.open_file(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
             done = [line.split("\t") for line in f.read().splitlines() if line]
-        missing = [target for _, target in done if not tf.io.gfile.exists(target)]
+        missing = [target for _, target in done if not fileio.exists(target)]
         if missing:
             raise RuntimeError(f"{len(missing)} label maps listed as written are missing, e.g. {missing[0]}")
         fingerprint = common.fingerprint(

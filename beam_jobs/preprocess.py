@@ -140,6 +140,7 @@ def run(data_root: str, split: str, out_dir: str, cfg: Config, pipeline_options=
 
     from mcof_tf.data.voc import VocDataset
 
+    common.check_filesystems(data_root, out_dir)
     dataset = VocDataset(data_root, cfg.data.classes, cfg.data.mask_dirs)  # dataset-level errors: raise now
     check_output_apart(out_dir, {"dataset root": data_root})
     ids = dataset.split_ids(split)

@@ -44,6 +44,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from beam_jobs import common
+from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.config import Config
 from mcof_tf.fileio import check_output_apart, file_digest, folder_lock
@@ -322,8 +323,8 @@ def run(
     prior_correction: bool = False,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
+    common.check_filesystems(records, out_dir)
     num_classes = len(classes)
-    import tensorflow as tf
 
     from mcof_tf.evaluate import metrics_entry, stats_entry
 
@@ -336,7 +337,7 @@ def run(
     model_path = model_file(model) if stage != "groundtruth" else None
     offsets = _prior_offsets(model_path, stage) if prior_correction else None
     fingerprint_offsets = None if offsets is None else [round(float(o), 6) for o in offsets]
-    files = sorted(tf.io.gfile.glob(records))
+    files = sorted(fileio.glob(records))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {records}")
     check_output_apart(out_dir, {"input records": records})
@@ -365,8 +366,8 @@ def run(
             return common.read_manifest(out_dir)
         common.prepare_output(out_dir, PREFIX)
         for tag in (CONFUSION, STATS):
-            for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*")):
-                tf.io.gfile.remove(path)
+            for path in fileio.glob(common.join(out_dir, f"{tag}*")):
+                fileio.remove(path)
         read = common.count_records(records)
         started = time.time()
         log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
@@ -419,8 +420,8 @@ def run(
         common.run_pipeline(pipeline_options, build, "relabel")
         metrics, stats = {}, {}
         for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
-            for path in tf.io.gfile.glob(common.join(out_dir, f"{tag}*.jsonl")):
-                with tf.io.gfile.GFile(path, "r") as f:
+            for path in fileio.glob(common.join(out_dir, f"{tag}*.jsonl")):
+                with fileio.open_file(path, "r") as f:
                     for line in f.read().splitlines():
                         row = json.loads(line)
                         entries[row["name"]] = entry(np.asarray(row[tag]), classes)
@@ -521,13 +522,12 @@ def main(argv=None) -> int:
 
 def _classes(records: str, classes_file: Optional[str]) -> Optional[list]:
     """Class names: a classes.txt, else those recorded by the preprocess job that made the records."""
-    import tensorflow as tf
 
     if classes_file:
         from mcof_tf.data.voc import read_classes
 
         return read_classes(classes_file)
-    for path in sorted(tf.io.gfile.glob(records))[:1]:
+    for path in sorted(fileio.glob(records))[:1]:
         m = common.read_manifest(os.path.dirname(path))
         if m and m.get("classes"):
             return m["classes"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import subprocess
@@ -28,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.config import Config
+from mcof_tf.fileio import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,7 @@ def bench_preprocess(args) -> None:
             t0 = time.time()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wall = time.time() - t0
-            with open(os.path.join(out, "manifest.json")) as f:
-                m = json.load(f)
+            m = read_json(os.path.join(out, "manifest.json"))
         mode = "multi_processing" if workers > 1 else "in_memory"
         print(
             f"preprocess workers={workers} ({mode}): {m['written']} images, pipeline {m['seconds']:.1f}s "
@@ -400,7 +400,7 @@ def method_figure(summary: dict, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fileio.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -443,20 +443,19 @@ def bench_method(args) -> None:
             cmd += ["--set", o]
         t0 = time.time()
         log.info(f"bench method: {variant} seed {seed} → {workdir}")
-        os.makedirs(os.path.dirname(workdir), exist_ok=True)
-        with open(workdir + ".log", "a") as out:  # the run's own output, kept beside its workdir
+        fileio.makedirs(os.path.dirname(workdir))
+        # the run's own output, kept beside its workdir (a local file: the child writes it as it goes)
+        with open(workdir + ".log", "a") as out:  # fileio-exempt: a subprocess writes it
             subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
         log.info(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s")
-        with open(os.path.join(workdir, "report.json")) as f:
-            return json.load(f)
+        return read_json(os.path.join(workdir, "report.json"))
 
     # --jobs runs side by side: one small-network run leaves part of a 2-core machine idle
     runs = [(variant, seed) for variant in variants for seed in seeds]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
         reports = dict(zip(runs, pool.map(lambda vs: one_run(*vs), runs)))
     summary = summarize_method(reports)
-    with open(os.path.join(args.root, cfg.experiment.name, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(os.path.join(args.root, cfg.experiment.name, "summary.json"), summary)
     method_figure(summary, os.path.join(args.root, cfg.experiment.name, "method.png"))
     print(
         f"\n{cfg.experiment.name}: mean ± std over seeds {args.seeds} (mIoU %, object precision / recall %)"

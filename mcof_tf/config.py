@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
+from mcof_tf import fileio
 from mcof_tf.precision import POLICIES
 
 # The configs shipped with the package's source tree (used when a bare name like "synthetic" is given).
@@ -294,27 +295,27 @@ def _merge(base: dict, over: dict) -> dict:
 
 def resolve_path(name_or_path: str) -> str:
     """A config path as given, or a bare name looked up in the package's configs/ folder."""
-    if os.path.exists(name_or_path):
+    if fileio.exists(name_or_path):
         return name_or_path
     candidate = os.path.join(
         CONFIG_DIR, name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml"
     )
-    if os.path.exists(candidate):
+    if fileio.exists(candidate):
         return candidate
     raise ConfigError(f"config file not found: {name_or_path}")
 
 
 def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
-    path = os.path.abspath(path)
+    path = fileio.absolute(path)
     if path in seen:
         raise ConfigError(f"config 'base' chain loops back to {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        values = yaml.safe_load(fileio.read_text(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    except Exception as e:  # OSError on local disk, tf.errors.OpError on object storage
+        why = getattr(e, "strerror", None) or getattr(e, "message", None) or e
+        raise ConfigError(f"cannot read config file {path}: {why}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = values.pop("base", None)

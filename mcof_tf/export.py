@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.data.voc import MAX_PIXELS  # larger images are refused
 from mcof_tf.fileio import folder_lock
@@ -41,8 +42,8 @@ CLASSES_FILE = "classes.txt"  # the class names, one per line, next to saved_mod
 
 
 def next_version_dir(base: str) -> str:
-    os.makedirs(base, exist_ok=True)
-    versions = [int(d) for d in os.listdir(base) if d.isdigit()]
+    fileio.makedirs(base)
+    versions = [int(d) for d in fileio.listdir(base) if d.isdigit()]
     return os.path.join(base, str(max(versions, default=0) + 1))
 
 
@@ -142,9 +143,10 @@ def export_saved_model(
         out = next_version_dir(base_dir)
         tmp = out + ".tmp"
         archive.write_out(tmp, verbose=False)
-        with open(os.path.join(tmp, CLASSES_FILE), "w") as f:  # for mcof_tf.predict; TF Serving ignores it
-            f.write("".join(f"{c}\n" for c in classes))
-        os.replace(tmp, out)  # TF Serving polls the folder: it must never see a half-written version
+        # for mcof_tf.predict; TF Serving ignores it
+        fileio.write_text_atomic(os.path.join(tmp, CLASSES_FILE), "".join(f"{c}\n" for c in classes))
+        # TF Serving polls the folder: it must never see a half-written version
+        fileio.move_folder(tmp, out, last="saved_model.pb")
     log.info(f"exported {model_file} → {out}")
     return out
 

@@ -42,13 +42,12 @@ def last_iteration(workdir: str) -> int:
 def _check_out(out_dir: str) -> Optional[dict]:
     """The previous export's marker in `out_dir`, None if it is new or empty; ValueError if it holds
     PNGs this command did not write."""
-    import tensorflow as tf
+    from mcof_tf import fileio
 
-    marker = os.path.join(out_dir, MARKER)
-    if tf.io.gfile.exists(marker):
-        with tf.io.gfile.GFile(marker) as f:
-            return json.load(f)
-    if tf.io.gfile.isdir(out_dir) and tf.io.gfile.glob(os.path.join(out_dir, "*.png")):
+    previous = fileio.read_json(os.path.join(out_dir, MARKER))
+    if previous is not None:
+        return previous
+    if fileio.isdir(out_dir) and fileio.glob(os.path.join(out_dir, "*.png")):
         raise ValueError(
             f"{out_dir} already holds PNG files that export_masks did not write (ground truth?); "
             "choose an empty or new --out folder"
@@ -61,7 +60,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     from beam_jobs.common import read_manifest
     from mcof_tf.data import records
     from mcof_tf.data.voc import check_id, palette_png
-    from mcof_tf.fileio import check_output_apart, folder_lock, writable_dir, write_bytes_atomic
+    from mcof_tf.fileio import absolute, check_output_apart, folder_lock, writable_dir, write_bytes_atomic
     from mcof_tf.method.labels import paint
 
     last = last_iteration(workdir)
@@ -76,7 +75,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
     with folder_lock(out_dir):  # one export at a time into a folder
         previous = _check_out(out_dir)
         mine = {
-            "workdir": os.path.abspath(workdir),
+            "workdir": absolute(workdir),
             "iteration": t,
             "source": manifest["fingerprint"],
             "classes": manifest.get("classes", []),
@@ -85,9 +84,7 @@ def export_masks(workdir: str, out_dir: str, iteration: Optional[int] = None) ->
         if previous == mine:
             log.info(f"export_masks: {out_dir} holds iteration {t}'s masks already; nothing to do")
             return mine
-        inside = os.path.abspath(out_dir).startswith(
-            os.path.join(mine["workdir"], "")
-        )  # the loop's own folder
+        inside = absolute(out_dir).startswith(mine["workdir"].rstrip("/") + "/")  # the loop's own folder
         if (
             previous and previous.get("workdir") != mine["workdir"] and not inside
         ):  # (a moved workdir keeps it)

@@ -1,9 +1,140 @@
-"""Small file helpers shared by the CLIs and Beam jobs (local paths or gs:// through tf.io.gfile)."""
+"""The project's one I/O layer: every user path (data root, records, workdir, stage folders, checkpoints,
+reports and figures, exports, weights, predict inputs and outputs) is read and written here, through
+`tf.io.gfile`, so that a local folder and an object-storage URL (gs://bucket/...) behave alike. Writes
+that readers may race are atomic: a temporary name, then a rename.
+
+Outside this module the project opens no user path with `open`, `os.path` or `shutil` (a test checks);
+the exceptions are local by nature: the `.lock` of `folder_lock`, /proc and the package's own files.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
+
+
+def is_remote(path: str) -> bool:
+    """An object-storage URL (gs://, s3://, ...) rather than a local path."""
+    return "://" in str(path)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (how run records name a folder); a URL as it is."""
+    import os
+
+    return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in a folder (no trailing slashes), [] when there is none."""
+    return [n.rstrip("/") for n in _gfile().listdir(path)] if _gfile().isdir(path) else []
+
+
+def glob(pattern: str) -> list[str]:
+    return _gfile().glob(pattern)
+
+
+def walk(top: str):
+    """(folder, subfolders, files) under `top`, as os.walk yields them."""
+    return _gfile().walk(top)
+
+
+def stat(path: str):
+    """A file's length and mtime_nsec (tf.io.gfile's FileStatistics)."""
+    return _gfile().stat(path)
+
+
+def size(path: str) -> int:
+    """A file's length in bytes."""
+    return _gfile().stat(path).length
+
+
+def makedirs(path: str) -> None:
+    _gfile().makedirs(path)
+
+
+def rmtree(path: str) -> None:
+    """Remove a folder and everything in it; nothing when it is not there."""
+    if _gfile().exists(path):
+        _gfile().rmtree(path)
+
+
+def remove(path: str) -> None:
+    if _gfile().exists(path):
+        _gfile().remove(path)
+
+
+def replace(src: str, dst: str) -> None:
+    """Move a file over `dst`. Local renames are atomic; on object storage a rename is a copy then a
+    delete, which readers never see half-done (objects appear whole)."""
+    import os
+
+    if not is_remote(src) and not is_remote(dst):
+        os.replace(src, dst)
+    else:
+        _gfile().rename(src, dst, overwrite=True)
+
+
+def move_folder(src: str, dst: str, last: str = "") -> None:
+    """Move a finished folder to `dst` (which must not exist). Locally one atomic rename. Object storage
+    has no folders to rename: the files move one by one, the one named `last` after all the others, so
+    that a reader polling for it (TF Serving: saved_model.pb) finds the rest already there."""
+    import os
+
+    if not is_remote(src) and not is_remote(dst):
+        os.replace(src, dst)
+        return
+    files = [
+        f"{d.rstrip('/')}/{name}"[len(src.rstrip("/")) + 1 :]
+        for d, _, names in _gfile().walk(src)
+        for name in names
+    ]
+    for rel in sorted(files, key=lambda r: r == last):
+        _gfile().makedirs(os.path.dirname(f"{dst}/{rel}"))
+        _gfile().rename(f"{src}/{rel}", f"{dst}/{rel}", overwrite=True)
+    rmtree(src)
+
+
+def open_file(path: str, mode: str = "r"):
+    """A file object for `path` (tf.io.gfile.GFile: local or remote)."""
+    return _gfile().GFile(path, mode)
+
+
+def read_text(path: str) -> str:
+    with open_file(path, "r") as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def save_figure(fig, path: str, **kwargs) -> None:
+    """A matplotlib figure rendered to PNG bytes and written atomically (savefig writes local files only)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def writable_dir(path: str) -> str:
@@ -55,7 +186,7 @@ def pattern_folder(pattern: str) -> str:
 def _folder_key(path: str) -> str:
     import os
 
-    if "://" in path:
+    if is_remote(path):
         return path.rstrip("/") + "/"
     return os.path.join(os.path.realpath(path), "")
 
@@ -132,7 +263,7 @@ def folder_lock(folder: str):
     import socket
     import time
 
-    if "://" in folder:
+    if is_remote(folder):
         yield None
         return
     writable_dir(folder)  # made if needed; "cannot write to ..." rather than an OSError

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mcof_tf import fileio
 from mcof_tf.export import CLASSES_FILE, MAX_SIDE
 from mcof_tf.fileio import pattern_folder, write_bytes_atomic
 
@@ -23,20 +24,19 @@ OVERLAYS = "overlays"
 def list_inputs(images: str) -> tuple[str, list[str]]:
     """DIR or GLOB (local or gs://) → (base folder, sorted image paths). A folder is searched
     recursively for image extensions; a glob is taken as given."""
-    import tensorflow as tf
 
-    if tf.io.gfile.isdir(images):
+    if fileio.isdir(images):
         base = images.rstrip("/")
         found = [
             os.path.join(d, f) if "://" not in d else f"{d.rstrip('/')}/{f}"
-            for d, _, files in tf.io.gfile.walk(base)
+            for d, _, files in fileio.walk(base)
             for f in files
             if f.lower().endswith(IMAGE_EXTENSIONS)
         ]
     else:
         is_glob = any(c in images for c in "*?[")
         base = pattern_folder(images) if is_glob else (os.path.dirname(images) or ".")
-        found = [p for p in tf.io.gfile.glob(images) if not tf.io.gfile.isdir(p)]
+        found = [p for p in fileio.glob(images) if not fileio.isdir(p)]
     if not found:
         raise FileNotFoundError(f"no images found at {images}")
     return base, sorted(found)
@@ -59,7 +59,6 @@ def claim_output(out_dir: str, model: str, scales: Sequence[float], crf: bool) -
     """Label maps already in `out_dir` are kept on a re-run (resume), so they must come from the same
     model and options: refuse a folder made by another (or holding PNGs predict did not write), else
     record this run's model and options there."""
-    import tensorflow as tf
 
     from mcof_tf.fileio import file_digest, read_json, write_json_atomic
 
@@ -70,7 +69,7 @@ def claim_output(out_dir: str, model: str, scales: Sequence[float], crf: bool) -
     }
     path = f"{out_dir.rstrip('/')}/{MARKER}"
     theirs = read_json(path)
-    if theirs is None and tf.io.gfile.glob(f"{out_dir.rstrip('/')}/*.png"):
+    if theirs is None and fileio.glob(f"{out_dir.rstrip('/')}/*.png"):
         raise ValueError(f"{out_dir} holds PNGs that predict did not write; choose another --out")
     if theirs is not None and theirs != mine:
         differ = ", ".join(k for k in mine if theirs.get(k) != mine[k])
@@ -95,9 +94,8 @@ def unique_outputs(paths: Sequence[str], base: str) -> tuple[list[str], list[dic
 
 def check_saved_model(model_dir: str) -> str:
     """Fail early and clearly when `model_dir` is not an exported SavedModel version folder."""
-    import tensorflow as tf
 
-    if not tf.io.gfile.exists(f"{model_dir.rstrip('/')}/saved_model.pb"):
+    if not fileio.exists(f"{model_dir.rstrip('/')}/saved_model.pb"):
         raise FileNotFoundError(f"{model_dir} holds no SavedModel (saved_model.pb)")
     return model_dir
 
@@ -114,7 +112,7 @@ class Predictor:
         self.forward = self.model.signatures["predict_logits"]
         self.max_side = max_side  # as in the export's serving_default: larger images are scaled down
         names = os.path.join(model_dir, CLASSES_FILE)
-        self.classes = read_classes(names) if tf.io.gfile.exists(names) else list(VOC_CLASSES)
+        self.classes = read_classes(names) if fileio.exists(names) else list(VOC_CLASSES)
 
     def probabilities(
         self, image: np.ndarray, scales: Sequence[float] = (1.0,), crf: bool = False
@@ -181,16 +179,15 @@ def predict_file(
 ) -> tuple[str, bool]:
     """Segment one file → (its label PNG path, whether it was computed now; False: it existed).
     Raises RejectedInput for bytes that are not a usable image."""
-    import tensorflow as tf
 
     from mcof_tf.data.voc import decode_image, palette_png
 
     name = output_name(path, base)
     target = f"{out_dir.rstrip('/')}/{name}.png"
     blend = f"{out_dir.rstrip('/')}/{OVERLAYS}/{name}.jpg"
-    if tf.io.gfile.exists(target) and (not overlay or tf.io.gfile.exists(blend)):
+    if fileio.exists(target) and (not overlay or fileio.exists(blend)):
         return target, False
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with fileio.open_file(path, "rb") as f:
         image, _, _ = decode_image(f.read(), what=path)
     labels = predictor.labels(image, scales, crf)
     if overlay:  # first, so that the label PNG (the resume marker) is written last

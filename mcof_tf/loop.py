@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import typing
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 from beam_jobs import common, preprocess, relabel
-from mcof_tf import training
+from mcof_tf import fileio, training
 from mcof_tf.config import Config
 from mcof_tf.data import ensure_dataset
 from mcof_tf.export_masks import export_masks
@@ -103,7 +102,7 @@ def train_network(
     network starts from `previous` (the same network of the iteration before) when there is one."""
     out = run.path(folder)
     init = os.path.join(previous, training.MODEL_FILE) if previous and run.cfg.train.warm_start else None
-    if os.path.exists(os.path.join(out, training.MODEL_FILE)):
+    if fileio.exists(os.path.join(out, training.MODEL_FILE)):
         why = training.stale_reason(
             out, training.training_inputs(network, records, run.cfg, num_classes, init)
         )
@@ -113,7 +112,7 @@ def train_network(
             return out
         log.info(f"redoing {folder}: {why}")  # the new model.keras replaces the old one when it is done
     training.train(network, records, out, run.cfg, num_classes, init_from=init)
-    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    fileio.rmtree(os.path.join(out, "backup"))
     return out
 
 
@@ -242,14 +241,13 @@ def claim_workdir(run: Run) -> None:
 
     writable_dir(run.workdir)
     path = run.path("config.json")
-    mine = {"config": run.cfg.to_dict(), "variant": run.variant, "data_root": os.path.abspath(run.data_root)}
+    mine = {"config": run.cfg.to_dict(), "variant": run.variant, "data_root": fileio.absolute(run.data_root)}
 
-    if os.path.exists(path):
+    if fileio.exists(path):
         try:
-            with open(path) as f:
-                theirs = json.load(f)
+            theirs = read_json(path)
         except ValueError as e:
-            raise ValueError(f"{path} is not a readable run record ({e}); use another --workdir") from e
+            raise ValueError(f"{e}; use another --workdir") from e
         differ = run_record_differences(theirs, mine)
         if differ:
             raise ValueError(
@@ -262,13 +260,15 @@ def claim_workdir(run: Run) -> None:
 
 
 def export_final(run: Run, pixelnet: str, classes: list) -> str:
-    """Export the last PixelNet once per workdir to saved_models/<name>/<version>/ (TF Serving layout)."""
+    """Export the last PixelNet once per workdir to saved_models/<name>/<version>/ (TF Serving layout):
+    the project's saved_models/ for a local workdir, the workdir's own for a remote (gs://) one, so that
+    a run on object storage keeps its model next to its report."""
     from mcof_tf.export import export_saved_model
 
     marker = run.path("export.json")
     model = os.path.join(pixelnet, training.MODEL_FILE)
     done = read_json(marker) or {}
-    if done.get("model") == file_digest(model) and os.path.exists(
+    if done.get("model") == file_digest(model) and fileio.exists(
         os.path.join(done.get("path", ""), "saved_model.pb")
     ):
         return done["path"]
@@ -279,7 +279,7 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
     name = run.cfg.experiment.name + ("" if run.variant == "mcof" else f"-{run.variant}")
     path = export_saved_model(
         os.path.join(pixelnet, training.MODEL_FILE),
-        os.path.join("saved_models", name),
+        os.path.join(run.workdir if fileio.is_remote(run.workdir) else "", "saved_models", name),
         classes,
         run.cfg.input.mean_rgb,
     )
@@ -302,6 +302,7 @@ def run_all(
     root = ensure_dataset(cfg.data, data_root)
     check_splits(root, cfg.data)
     run = Run(cfg, workdir, root, variant, beam_options)
+    common.check_filesystems(workdir, root)
     writable_dir(workdir)
     with folder_lock(workdir):  # two runs on one workdir would delete each other's shards
         claim_workdir(run)

@@ -8,7 +8,6 @@ stages' manifests (the Beam relabel job sums confusion matrices and statistics w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from beam_jobs import common
+from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.data import records
 from mcof_tf.data.voc import IGNORE_LABEL
@@ -27,7 +27,7 @@ from mcof_tf.method.labels import paint
 def _iterations(workdir: str, last: Optional[int] = None) -> list[int]:
     """1, 2, ... for every iter<t> folder of the workdir, up to `last` (None: all)."""
     t = 0
-    while os.path.isdir(os.path.join(workdir, f"iter{t + 1}")) and (last is None or t < last):
+    while fileio.isdir(os.path.join(workdir, f"iter{t + 1}")) and (last is None or t < last):
         t += 1
     return list(range(1, t + 1))
 
@@ -108,11 +108,9 @@ def _strips(workdir: str, n: int = 4, last: Optional[int] = None) -> Optional[di
 def report(workdir: str, last: Optional[int] = None) -> dict:
     """(Re)compute report.json, report.md and the figures of a workdir from its stages' manifests
     (iterations up to `last`; default: every finished one)."""
-    info_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(info_path):
+    info = read_json(os.path.join(workdir, "config.json"))
+    if info is None:
         raise FileNotFoundError(f"{workdir} is not an mcof_tf workdir (no config.json)")
-    with open(info_path) as f:
-        info = json.load(f)
     manifest = common.read_manifest(os.path.join(workdir, "records", info["config"]["data"]["train_split"]))
     classes = manifest["classes"] if manifest else []
     rows = _metric_rows(workdir, last)
@@ -257,7 +255,7 @@ def _progress_figure(workdir, rows):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "miou_progress.png"), dpi=100)
+    fileio.save_figure(fig, os.path.join(workdir, "miou_progress.png"), dpi=100)
     plt.close(fig)
 
 
@@ -282,7 +280,7 @@ def _strip_figure(workdir, strips, classes):
             if i == 0:
                 ax.set_title(cols[j], fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "stages.png"), dpi=100)
+    fileio.save_figure(fig, os.path.join(workdir, "stages.png"), dpi=100)
     plt.close(fig)
 
 

@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcof_tf import precision
+from mcof_tf import fileio, precision
 from mcof_tf.config import Config
 from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import MANIFEST, count_records, decode_example, superpixel_counts
@@ -385,7 +384,7 @@ def train(
     strategy = strategy or make_strategy(cfg.train.devices)
     if not is_chief(strategy):  # every worker trains and saves (collectives), only the chief's files count
         out_dir = os.path.join(out_dir, f"worker-{strategy.cluster_resolver.task_id}")
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     # TF combines the pipeline's op seeds with the global seed: set it first, so that a stage trained
     # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
     keras.utils.set_random_seed(cfg.experiment.seed)
@@ -393,9 +392,9 @@ def train(
     inputs = training_inputs(network, records, cfg, num_classes, init_from)
     recorded = read_json(os.path.join(out_dir, INPUTS_FILE))
     why = inputs_difference(recorded, inputs) if recorded is not None else None
-    if why and os.path.isdir(backup):
+    if why and fileio.isdir(backup):
         log.info(f"train {network}: {why} since the backup in {backup}; starting over")
-        shutil.rmtree(backup)  # this stage's own scratch state, made from the old inputs
+        fileio.rmtree(backup)  # this stage's own scratch state, made from the old inputs
     write_json_atomic(os.path.join(out_dir, INPUTS_FILE), inputs)
     done_epochs = _backed_up_epochs(backup)
     if done_epochs:  # a resumed run sees the batches an uninterrupted one would have seen next
@@ -475,7 +474,7 @@ def _fit_multi_worker(
     with strategy.scope():
         optimizer.build(model.trainable_variables)
     weights = os.path.join(backup, "latest.weights.h5")
-    if done_epochs and os.path.exists(weights):
+    if done_epochs and fileio.exists(weights):
         model.load_weights(weights)
 
     def replica_step(inputs, targets):
@@ -505,27 +504,23 @@ def _fit_multi_worker(
         log.info(f"Epoch {epoch + 1}/{epochs} - loss: {total / steps_per_epoch:.4f}")
         with writer.as_default():
             tf.summary.scalar("epoch_loss", total / steps_per_epoch, step=epoch)
-        os.makedirs(backup, exist_ok=True)
+        fileio.makedirs(backup)
         model.save_weights(weights + ".tmp.weights.h5")
-        os.replace(weights + ".tmp.weights.h5", weights)
+        fileio.replace(weights + ".tmp.weights.h5", weights)
         # after the weights: a kill between the two resumes one epoch early, never past saved weights
         write_json_atomic(os.path.join(backup, "training_metadata.json"), {"epoch": epoch + 1, "batch": 0})
 
 
 def _backed_up_epochs(backup_dir: str) -> int:
     """Epochs completed by a killed run, from the metadata keras.callbacks.BackupAndRestore writes."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f).get("epoch", 0))
+    return int((read_json(os.path.join(backup_dir, "training_metadata.json")) or {}).get("epoch", 0))
 
 
 def save_model(model: keras.Model, path: str) -> None:
     """Save atomically: a reader never sees a half-written model."""
     tmp = path[: -len(".keras")] + ".tmp.keras"
     model.save(tmp)
-    os.replace(tmp, path)
+    fileio.replace(tmp, path)
 
 
 INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it starts
@@ -544,7 +539,7 @@ def training_inputs(
     Returned as JSON gives it back, so that it compares equal to the record read from disk."""
     folder = os.path.dirname(records)
     manifest = read_json(os.path.join(folder, MANIFEST)) or {}
-    shards = {p: tf.io.gfile.stat(p).length for p in sorted(tf.io.gfile.glob(records))}
+    shards = {p: fileio.size(p) for p in sorted(fileio.glob(records))}
     train = {
         k: v
         for k, v in asdict(cfg.train).items()
@@ -579,7 +574,7 @@ def label_shares(network: NetworkName, records: str, cfg: Config, num_classes: i
         targets = tf.boolean_mask(targets, (targets >= 0) & (targets < num_classes))
         return tf.math.bincount(targets, minlength=num_classes, maxlength=num_classes, dtype=tf.int64)
 
-    files = sorted(tf.io.gfile.glob(records))
+    files = sorted(fileio.glob(records))
     ds = tf.data.TFRecordDataset(files).map(
         lambda s: counts(decode_example(s, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
     )
@@ -661,7 +656,7 @@ def all_layers(layer: keras.layers.Layer) -> list:
 def model_file(model: str) -> str:
     """A training folder (holding model.keras) or a .keras file → the .keras file, which must exist."""
     path = model if model.endswith(".keras") else f"{model.rstrip('/')}/{MODEL_FILE}"
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"no trained model at {path}")
     return path
 

@@ -107,3 +107,84 @@ def test_every_name_the_readme_uses_imports():
     named = {w for w in re.findall(r"`(\w+)(?:\([^`]*\))?`", readme) if w in defined}
     assert named >= {"build_cam", "build_regionnet", "MaskedRoIPooling"}
     assert all(hasattr(models, w) for w in named), sorted(w for w in named if not hasattr(models, w))
+
+
+# user paths go through mcof_tf.fileio (tf.io.gfile: local disk and gs:// alike); these calls would
+# silently work on local disk only (and tf.io.gfile directly bypasses the one I/O layer)
+LOCAL_ONLY = {
+    "open",
+    "os.path.exists",
+    "os.path.isdir",
+    "os.path.isfile",
+    "os.path.getsize",
+    "os.makedirs",
+    "os.listdir",
+    "os.replace",
+    "os.rename",
+    "os.remove",
+    "os.walk",
+    "glob.glob",
+    "savefig",
+}
+LOCAL_BY_NATURE = {  # whole modules, and why
+    "mcof_tf/fileio.py": "the I/O layer itself (and the local-only .lock of folder_lock)",
+    "mcof_tf/data/synthetic.py": "generates the embedded benchmark on local disk (a temporary folder renamed "
+    "into place)",
+}
+
+
+def local_file_calls(source: str) -> list:
+    """(line, call) of every LOCAL_ONLY call whose line does not say `fileio-exempt: <why>`."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        short = name.rpartition(".")[2]
+        direct = name in LOCAL_ONLY or name.startswith("shutil.") or short == "savefig" or ".gfile." in name
+        if direct and ("fileio-exempt:" not in lines[node.lineno - 1]):
+            found.append((node.lineno, name))
+    return sorted(found)
+
+
+def test_user_paths_go_through_fileio():
+    offenders = []
+    for _, path in sorted(project_modules().items()):
+        rel = str(path.relative_to(ROOT))
+        if rel not in LOCAL_BY_NATURE:
+            offenders += [f"{rel}:{line} {call}" for line, call in local_file_calls(path.read_text())]
+    assert offenders == [], "use mcof_tf.fileio (gs:// works there) or say why with `# fileio-exempt: ...`"
+
+
+def test_the_fileio_check_sees_local_calls():
+    src = (
+        "import os, shutil\n"
+        "with open(p) as f: pass\n"
+        "os.path.exists(p)\n"
+        "shutil.rmtree(p)\n"
+        "fig.savefig(p)\n"
+        "tf.io.gfile.GFile(p)\n"
+        "open(q)  # fileio-exempt: a subprocess's log\n"
+        "fileio.exists(p)\n"
+    )
+    assert local_file_calls(src) == [
+        (2, "open"),
+        (3, "os.path.exists"),
+        (4, "shutil.rmtree"),
+        (5, "fig.savefig"),
+        (6, "tf.io.gfile.GFile"),
+    ]
+
+
+def test_the_dataflow_container_matches_setup_py():
+    """The Dockerfile cannot be built here (no registry): it must at least name the Python, Beam and
+    TensorFlow versions that setup.py pins, or Dataflow's workers would run other code than the launcher."""
+    docker = (ROOT / "Dockerfile").read_text()
+    setup = (ROOT / "setup.py").read_text()
+    image = re.search(r"^FROM apache/beam_python(\d+\.\d+)_sdk:(\d+\.\d+)\.\d+$", docker, re.M)
+    assert image, "FROM apache/beam_pythonX.Y_sdk:A.B.C"
+    assert f'python_requires=">={image[1]}"' in setup
+    assert f'"apache-beam[tfrecord]>={image[2]},' in setup
+    tf_pin = re.search(r'"tensorflow>=(\d+\.\d+),<', setup)[1]
+    assert f'"tensorflow=={tf_pin}.*"' in docker and "/mcof[gcp]" in docker

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from mcof_tf import fileio
+
 log = logging.getLogger(__name__)
 
 
@@ -14,17 +16,17 @@ def ensure_dataset(data_cfg, root: str | None = None) -> str:
     if root:
         return root
     root = data_cfg.root
-    if data_cfg.synthetic is not None and "://" not in root:
+    if data_cfg.synthetic is not None and not fileio.is_remote(root):  # generated on local disk only
         from mcof_tf.data import synthetic
 
         spec = data_cfg.synthetic
         if not synthetic.is_complete(root, spec):
-            if os.path.exists(os.path.join(root, synthetic.MARKER)):
+            if fileio.exists(os.path.join(root, synthetic.MARKER)):
                 raise FileExistsError(
                     f"{root} holds the benchmark generated with other parameters than "
                     "data.synthetic; delete it or point data.root elsewhere"
                 )
-            if os.path.isdir(os.path.join(root, "JPEGImages")):
+            if fileio.isdir(os.path.join(root, "JPEGImages")):
                 return root  # a real dataset put where the benchmark would go: use it as it is
             log.info(f"generating the embedded benchmark in {root} ...")
             synthetic.write_dataset(root, spec)

@@ -17,6 +17,7 @@ from typing import Optional
 import tensorflow as tf
 
 from mcof_tf.data import records
+from mcof_tf import fileio
 
 IGNORE_LABEL = records.IGNORE_LABEL
 # (key, padding value, resize method) of every image-aligned map
@@ -29,7 +30,7 @@ _ALIGNED = (
 
 
 def list_files(pattern: str) -> list[str]:
-    files = sorted(tf.io.gfile.glob(pattern))
+    files = sorted(fileio.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {pattern}")
     return files

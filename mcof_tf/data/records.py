@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from mcof_tf.data.voc import IGNORE_LABEL
+from mcof_tf import fileio
 
 # A folder of shards is complete when it holds this file (written last by the Beam job that made it);
 # its "fingerprint" identifies what the shards were made from.
@@ -291,7 +292,7 @@ def superpixel_counts(pattern: str) -> list[int]:
     import tensorflow as tf
 
     spec = {SUPERPIXEL_LABELS: tf.io.VarLenFeature(tf.int64)}
-    files = sorted(tf.io.gfile.glob(pattern))
+    files = sorted(fileio.glob(pattern))
     if not files:
         return []
     sizes = tf.data.TFRecordDataset(files).map(
@@ -305,13 +306,13 @@ def count_records(pattern: str) -> int:
     """Number of examples in every TFRecord file matching `pattern` (0 when none match)."""
     import tensorflow as tf
 
-    return sum(1 for f in tf.io.gfile.glob(pattern) for _ in tf.data.TFRecordDataset(f))
+    return sum(1 for f in fileio.glob(pattern) for _ in tf.data.TFRecordDataset(f))
 
 
 def _protos(pattern: str):
     import tensorflow as tf
 
-    for path in sorted(tf.io.gfile.glob(pattern)):
+    for path in sorted(fileio.glob(pattern)):
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
             yield _proto(raw)
 

@@ -10,7 +10,7 @@
 
 Tags come from the XML when there is one, else from the ground-truth mask. Per-image problems raise
 `RejectedInput` with a reason (the Beam job records it and goes on); dataset-level problems (no list
-file, bad classes.txt) raise `DatasetError`. Files are read through `tf.io.gfile`, so a root may also
+file, bad classes.txt) raise `DatasetError`. Files are read through `mcof_tf.fileio` (tf.io.gfile), so a root may also
 be a `gs://` path.
 """
 
@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from mcof_tf import fileio
 
 VOC_CLASSES = (
     "background",
@@ -99,16 +101,6 @@ def check_id(image_id: str) -> str:
     if not isinstance(image_id, str) or not _ID_RE.match(image_id) or ".." in image_id:
         raise RejectedInput(f"invalid id {image_id!r}: ids must be plain file names inside the dataset root")
     return image_id
-
-
-def _gfile():
-    import tensorflow as tf  # deferred: pure-numpy users of this module need not pay for TF
-
-    return tf.io.gfile
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str, str]:
@@ -192,8 +184,7 @@ def tags_from_mask(mask: np.ndarray) -> list[int]:
 
 
 def read_classes(path: str) -> list[str]:
-    gfile = _gfile()
-    with gfile.GFile(path, "r") as f:
+    with fileio.open_file(path, "r") as f:
         names = [line.strip() for line in f.read().splitlines() if line.strip()]
     if len(names) < 2:
         raise DatasetError(f"{path} must list background and at least one object class, one per line")
@@ -228,13 +219,12 @@ class VocDataset:
         classes: Sequence[str] = (),
         mask_dirs: Sequence[str] = ("SegmentationClassAug", "SegmentationClass"),
     ):
-        self.root = root.rstrip("/") if _is_url(root) else os.path.abspath(root)
-        gfile = _gfile()
-        if not gfile.isdir(self.root):
+        self.root = root.rstrip("/") if fileio.is_remote(root) else os.path.abspath(root)
+        if not fileio.isdir(self.root):
             raise DatasetError(f"dataset root {root} is not a directory")
         if classes:
             self.classes = list(classes)
-        elif gfile.exists(self._join("classes.txt")):
+        elif fileio.exists(self._join("classes.txt")):
             self.classes = read_classes(self._join("classes.txt"))
         else:
             self.classes = list(VOC_CLASSES)
@@ -245,7 +235,7 @@ class VocDataset:
         return len(self.classes)
 
     def _join(self, *parts: str) -> str:
-        return "/".join((self.root,) + parts) if _is_url(self.root) else os.path.join(self.root, *parts)
+        return "/".join((self.root,) + parts) if fileio.is_remote(self.root) else os.path.join(self.root, *parts)
 
     def content_signature(self, ids: Sequence[str]) -> str:
         """A hash of (name, size, modification time) of every file the ids can be read from (image,
@@ -253,16 +243,15 @@ class VocDataset:
         any pixel. One listing per folder, one stat per file (gs:// included)."""
         import hashlib
 
-        gfile = _gfile()
         digest = hashlib.sha256()
         for folder in ("JPEGImages", *self.mask_dirs, "Annotations", "Saliency"):
             where = self._join(folder)
-            present = set(gfile.listdir(where)) if gfile.isdir(where) else set()
+            present = set(fileio.listdir(where)) if fileio.isdir(where) else set()
             for image_id in ids:
                 for ext in (".jpg", ".jpeg", ".png", ".JPG", ".xml"):
                     name = image_id + ext
                     if name in present:
-                        st = gfile.stat(self._join(folder, name))
+                        st = fileio.stat(self._join(folder, name))
                         digest.update(f"{folder}/{name}:{st.length}:{st.mtime_nsec}\n".encode())
         return digest.hexdigest()[:16]
 
@@ -270,7 +259,7 @@ class VocDataset:
         """Path of `<folder>/<id><ext>`, refusing ids (or symlinks) that lead outside the root."""
         check_id(image_id)
         p = self._join(folder, image_id + ext)
-        if not _is_url(p):
+        if not fileio.is_remote(p):
             real_root = os.path.realpath(self.root)
             if os.path.commonpath([os.path.realpath(p), real_root]) != real_root:
                 raise RejectedInput(f"id {image_id!r} resolves outside the dataset root")
@@ -281,18 +270,16 @@ class VocDataset:
         if not _ID_RE.match(split) or ".." in split:
             raise DatasetError(f"invalid split name {split!r}")
         p = self._join("ImageSets", "Segmentation", f"{split}.txt")
-        gfile = _gfile()
-        if not gfile.exists(p):
+        if not fileio.exists(p):
             raise DatasetError(f"split list {p} does not exist")
-        with gfile.GFile(p, "r") as f:
+        with fileio.open_file(p, "r") as f:
             # A VOC Main/ style line "id  1" keeps only its first field.
             return [line.split()[0] for line in f.read().splitlines() if line.strip()]
 
     def _read(self, path: str) -> Optional[bytes]:
-        gfile = _gfile()
-        if not gfile.exists(path):
+        if not fileio.exists(path):
             return None
-        with gfile.GFile(path, "rb") as f:
+        with fileio.open_file(path, "rb") as f:
             return f.read()
 
     def load(self, image_id: str, need_saliency: bool = False) -> Sample:
