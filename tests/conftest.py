@@ -24,6 +24,17 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def reference_run(tiny_root, tmp_path_factory):
+    """The tiny loop of test_resume (1 iteration, PixelNet 4 epochs) run once, uninterrupted, on local
+    disk: (workdir, seconds). The kill-and-resume tests, on local disk and on gs://, must reproduce it."""
+    from test_resume import _run
+
+    work = tmp_path_factory.mktemp("ref") / "work"
+    _, seconds = _run(tiny_root, work)
+    return work, seconds
+
+
 @pytest.fixture
 def tiny_copy(tiny_root, tmp_path):
     dst = str(tmp_path / "tiny")

@@ -12,11 +12,12 @@ import time
 
 import pytest
 from gcs_emulator import SHIMS, Emulator, binary
-from test_loop import TINY_RUN
+from test_resume import ARGS as RESUME_ARGS
 
 from mcof_tf import fileio, loop
 
-ARGS = ["--iter", "1"] + [a for kv in TINY_RUN + ["train.pixelnet.epochs=4"] for a in ("--set", kv)]
+# the recipe of the local reference run (conftest.reference_run), with the export
+ARGS = [a for a in RESUME_ARGS if a != "--no-export"]
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +81,11 @@ def _stages(workdir):
 
 
 @pytest.fixture(scope="module")
-def bucket_run(gcs, bucket_data, tiny_root, tmp_path_factory):
-    """The tiny loop on local disk, then the same on the bucket: killed inside a PixelNet epoch,
-    resumed, and run once more."""
+def bucket_run(gcs, bucket_data, reference_run):
+    """The tiny loop of the local reference run (conftest), on the bucket: killed inside a PixelNet
+    epoch, resumed, and run once more."""
     _, bucket = gcs
-    local = str(tmp_path_factory.mktemp("local") / "work")
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))  # a local run exports to ./saved_models
-    try:
-        _, t_local = _train(tiny_root, local)
-    finally:
-        os.chdir(cwd)
+    local, t_local = reference_run
     work = f"{bucket}/run"
     state = {"pixelnet": False}
 
@@ -105,7 +100,7 @@ def bucket_run(gcs, bucket_data, tiny_root, tmp_path_factory):
         f"tiny loop, 1 iteration: local disk {t_local:.1f}s; emulator: killed {t_killed:.1f}s + resumed "
         f"{t_resumed:.1f}s, re-run {t_again:.1f}s"
     )
-    return {"local": local, "work": work, "resumed": resumed, "again": again}
+    return {"local": str(local), "work": work, "resumed": resumed, "again": again}
 
 
 @pytest.mark.slow

@@ -68,9 +68,8 @@ def _leftovers(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("ref") / "work"
-    out, seconds = _run(tiny_root, work)
+def reference(reference_run):
+    work, seconds = reference_run
     return _stages(work), seconds
 
 
