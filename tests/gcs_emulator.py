@@ -46,6 +46,14 @@ def binary() -> str | None:
     return found[0] if found else None
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the test process dies, even by SIGKILL (no orphaned servers)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,6 +209,7 @@ class Emulator:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 20
@@ -220,6 +229,7 @@ class Emulator:
         self.proxy = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), str(self.port), cert, key, port_file],
             env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+            preexec_fn=_die_with_parent,
         )
         while not os.path.exists(port_file) or not open(port_file).read().strip():
             if time.time() > deadline or self.proxy.poll() is not None:
