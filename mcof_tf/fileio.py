@@ -74,8 +74,8 @@ def rmtree(path: str) -> None:
 
 
 def remove(path: str) -> None:
-    if _gfile().exists(path):
-        _gfile().remove(path)
+    """Delete a file (it must exist: callers remove what a glob found, no extra round trip to check)."""
+    _gfile().remove(path)
 
 
 def replace(src: str, dst: str) -> None:
