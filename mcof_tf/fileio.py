@@ -104,8 +104,8 @@ def move_folder(src: str, dst: str, last: str = "") -> None:
         for name in names
     ]
     for rel in sorted(files, key=lambda r: r == last):
-        _gfile().makedirs(os.path.dirname(f"{dst}/{rel}"))
-        _gfile().rename(f"{src}/{rel}", f"{dst}/{rel}", overwrite=True)
+        makedirs(os.path.dirname(f"{dst}/{rel}"))
+        replace(f"{src}/{rel}", f"{dst}/{rel}")
     rmtree(src)
 
 
@@ -143,11 +143,11 @@ def writable_dir(path: str) -> str:
     import tensorflow as tf
 
     try:
-        tf.io.gfile.makedirs(path)
+        makedirs(path)
         probe = f"{path.rstrip('/')}/.write-test-{uuid.uuid4().hex}"
-        with tf.io.gfile.GFile(probe, "w") as f:
+        with open_file(probe, "w") as f:
             f.write("")
-        tf.io.gfile.remove(probe)
+        remove(probe)
     except (tf.errors.OpError, OSError) as e:
         raise ValueError(f"cannot write to {path}: {getattr(e, 'message', None) or e}") from e
     return path
@@ -157,13 +157,11 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
     import os
 
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    makedirs(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
+    with open_file(tmp, "wb") as f:
         f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    replace(tmp, path)
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -209,10 +207,8 @@ def file_digest(path: str) -> str:
     """A short SHA-256 of a file's bytes (a model's identity for the stages that consumed it)."""
     import hashlib
 
-    import tensorflow as tf
-
     h = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with open_file(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
     return h.hexdigest()[:16]
@@ -222,12 +218,9 @@ def read_json(path: str):
     """A JSON file, or None when there is none; a ValueError naming the file when it is not JSON."""
     import json
 
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
+    if not exists(path):
         return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
+    text = read_text(path)
     try:
         return json.loads(text)
     except ValueError as e:

@@ -246,7 +246,7 @@ class VocDataset:
         digest = hashlib.sha256()
         for folder in ("JPEGImages", *self.mask_dirs, "Annotations", "Saliency"):
             where = self._join(folder)
-            present = set(fileio.listdir(where)) if fileio.isdir(where) else set()
+            present = set(fileio.listdir(where))  # empty when the folder is absent
             for image_id in ids:
                 for ext in (".jpg", ".jpeg", ".png", ".JPG", ".xml"):
                     name = image_id + ext
