@@ -266,3 +266,43 @@ def test_tag_cross_entropy_plain_and_balanced_by_hand():
         abs(float(losses.TagCrossEntropy(class_balance=1.0)(y, logits)) - (2 * pos + 3 * (2 / 3) * neg) / 4)
         < 1e-6
     )
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_fused_batch_norm_trains_like_keras_batch_norm(policy):
+    from mcof_tf.models.backbones import FusedBatchNorm
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (4, 6, 5, 3)).astype(np.float32)
+    n = 4 * 6 * 5
+    ours, keras_bn = (
+        FusedBatchNorm(momentum=0.5, dtype=policy),
+        keras.layers.BatchNormalization(momentum=0.5, dtype=policy),
+    )
+    outs, grads = [], []
+    for layer in (ours, keras_bn):
+        layer.build(x.shape)
+        layer.gamma.assign([1.0, 2.0, 0.5])
+        layer.beta.assign([0.0, 1.0, -1.0])
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") ** 3)
+        outs.append(tf.cast(y, "float32").numpy())
+        grads.append([g.numpy() for g in tape.gradient(loss, [xt, layer.gamma, layer.beta])])
+    tol = 1e-4 if policy == "float32" else 5e-2
+    np.testing.assert_allclose(outs[0], outs[1], atol=tol * 10, rtol=tol)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max(), rtol=tol)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), keras_bn.moving_mean.numpy(), rtol=tol)
+    # the unbiased batch variance in the moving average (as Keras 2's fused path)
+    var = x.reshape(-1, 3).var(0)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.5 + 0.5 * var * n / (n - 1), rtol=tol)
+    np.testing.assert_allclose(keras_bn.moving_variance.numpy(), 0.5 + 0.5 * var, rtol=tol)
+    # inference is Keras' own code on the moving statistics
+    ours.moving_variance.assign(keras_bn.moving_variance)
+    np.testing.assert_allclose(
+        tf.cast(ours(x, training=False), "float32").numpy(),
+        tf.cast(keras_bn(x, training=False), "float32").numpy(),
+        atol=tol,
+    )

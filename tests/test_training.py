@@ -152,6 +152,22 @@ def test_xla_is_used_where_every_layer_supports_it(tiny_cfg):
     assert training.compiled_network("regionnet", tiny_cfg, 4, 10, strategy).jit_compile is False
 
 
+def test_batch_norm_is_synchronized_only_across_several_replicas(tiny_cfg):
+    tiny_cfg.model.batch_norm = True
+
+    def synchronized(strategy):
+        model = training.compiled_network("pixelnet", tiny_cfg, 4, 10, strategy)
+        flags = {
+            layer.synchronized for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+        }
+        assert flags, "the config asks for batch norm"
+        return flags
+
+    assert synchronized(training.make_strategy(["/cpu:0", "/cpu:1"])) == {True}
+    assert synchronized(training.make_strategy(["/cpu:0"])) == {False}
+    assert synchronized(training.make_strategy()) == {False}
+
+
 def test_sgd_multipliers_scale_the_step():
     v = keras.Variable(np.ones(2, np.float32), name="k")
     opt = training.SGDWithMultipliers({v.path: 10.0}, learning_rate=0.1)

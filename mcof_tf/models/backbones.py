@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from mcof_tf import fileio
@@ -32,6 +33,41 @@ def _regularizer(weight_decay: float):
     return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
 
 
+@keras.saving.register_keras_serializable(package="mcof_tf")
+class FusedBatchNorm(layers.BatchNormalization):
+    """keras.layers.BatchNormalization whose training step is TensorFlow's fused kernel (one op for the
+    statistics, the normalisation and their gradient; Keras 3 composes them from generic ops), where
+    that kernel applies: NHWC images, one replica. Elsewhere, and at inference, Keras' own code.
+
+    Measured on the CPU config's PixelNet training step (AMD EPYC, 2 cores, bf16): 0.17 s with Keras'
+    synchronized batch norm, 0.155 s unsynchronized, 0.129 s fused. The moving variance takes the
+    batch's unbiased variance (as Keras 2's fused path did); the normalisation uses the biased one.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        fusable = (
+            training
+            and mask is None
+            and not self.synchronized
+            and self.center
+            and self.scale
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+        )
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            tf.cast(self.gamma, "float32"),
+            tf.cast(self.beta, "float32"),
+            epsilon=self.epsilon,
+            is_training=True,
+        )
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
+        return y
+
+
 def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: bool = False):
     """VGG16 conv1-conv5 in the DeepLab-LargeFOV layout: 3x3 max pools, stride 2 after blocks 1-3 and
     stride 1 after blocks 4-5, block 5 convolutions dilated by 2. Output stride 8.
@@ -40,6 +76,9 @@ def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: boo
     network starts from ImageNet weights, but a CPU-sized one trained from scratch needs it to learn
     at all (measured: without it a width-0.25 PixelNet stalled at the class-prior loss).
     """
+    # synchronized with several replicas/workers: the statistics are the global batch's, so the moving
+    # averages stay identical on every worker (else they drift apart). With one, FusedBatchNorm (below)
+    sync = tf.distribute.get_strategy().num_replicas_in_sync > 1
     for b, (filters, n) in enumerate(VGG16_BLOCKS, start=1):
         f = max(int(round(filters * width)), 4)
         for i in range(1, n + 1):
@@ -54,9 +93,7 @@ def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: boo
                 name=name,
             )(x)
             if batch_norm:
-                # synchronized: with several replicas/workers the statistics are the global batch's,
-                # so the moving averages stay identical on every worker (else they drift apart)
-                x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
+                x = FusedBatchNorm(synchronized=sync, name=f"{name}_bn")(x)
             x = layers.Activation("relu", name=f"{name}_relu")(x)
         x = layers.MaxPooling2D(3, strides=2 if b <= 3 else 1, padding="same", name=f"block{b}_pool")(x)
     return x
