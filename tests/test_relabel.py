@@ -5,6 +5,7 @@ import logging
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -31,6 +32,8 @@ def base(tiny_root, tmp_path_factory):
     m = preprocess.run(tiny_root, "train", out, cfg, PipelineOptions([]))
     models = tmp_path_factory.mktemp("models")
     paths = {}
+    # seeded: what these untrained networks predict must not depend on which tests ran before
+    keras.utils.set_random_seed(0)
     for name, model in (
         ("cam", build_cam(7, "vgg16_small", 0.125)),
         ("pixelnet", deeplab_largefov(7, "vgg16_small", 0.125)),
@@ -119,14 +122,18 @@ def test_prior_correction_reads_the_models_label_shares(base, tmp_path):
     that make background common and the objects very rare turn more pixels into background; the offsets
     are recorded in the manifest (and its fingerprint); a model without recorded shares is refused."""
     import dataclasses
-    import shutil
 
     cfg, recs, classes, paths = base
     # keep_tags off: its rescue of a tag that wins nowhere would decide this test, not the correction
     cfg = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, keep_tags=False))
     folder = tmp_path / "pixelnet"
     folder.mkdir()
-    shutil.copy(paths["pixelnet"], folder / "model.keras")
+    # an untrained network whose classifier favours the objects by 2 logits: without the correction
+    # they take pixels, with it (log 1e-6 = -13.8) background takes nearly all
+    model = training.load_model(paths["pixelnet"])
+    bias = model.get_layer(training.PIXEL_CLASSIFIER).bias
+    bias.assign(np.array([-2.0] + [0.0] * 6, np.float32))
+    training.save_model(model, str(folder / "model.keras"))
 
     def run(name, correct):
         m = _run(base, "pixelnet", tmp_path / name, str(folder), cfg, iteration=1, prior_correction=correct)
