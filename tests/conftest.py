@@ -127,6 +127,7 @@ def run_job_with_two_workers(module: str, args: list, timeout: int = 300):
 _SHARED_GROUPS = {"test_resume": "reference_run", "test_gcs": "reference_run"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into scheduling groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
