@@ -77,7 +77,8 @@ def vgg16_body(x, width: float = 1.0, weight_decay: float = 0.0, batch_norm: boo
     at all (measured: without it a width-0.25 PixelNet stalled at the class-prior loss).
     """
     # synchronized with several replicas/workers: the statistics are the global batch's, so the moving
-    # averages stay identical on every worker (else they drift apart). With one, FusedBatchNorm (below)
+    # averages stay identical on every worker (else they drift apart). With one there is nothing to
+    # synchronize, and FusedBatchNorm can take TensorFlow's fused kernel
     sync = tf.distribute.get_strategy().num_replicas_in_sync > 1
     for b, (filters, n) in enumerate(VGG16_BLOCKS, start=1):
         f = max(int(round(filters * width)), 4)
