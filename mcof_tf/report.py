@@ -55,19 +55,22 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
     return rows
 
 
-def stage_seconds(workdir: str, last: Optional[int] = None) -> dict:
-    """Wall seconds of every finished stage, in the loop's order: the Beam stages' manifests and the
-    training stages' train.json (the last attempt's time when a stage was resumed after a kill)."""
+def stage_costs(workdir: str, last: Optional[int] = None) -> tuple[dict, dict]:
+    """Wall seconds and peak resident memory (MB) of every finished stage, in the loop's order, from
+    the Beam stages' manifests and the training stages' train.json (the last attempt's, when a stage
+    was resumed after a kill; mcof_tf.memory says what the peak covers)."""
     folders = ["records/train", "records/val", "groundtruth", "cam", "seeds"]
     for t in _iterations(workdir, last):
         folders += [f"iter{t}/{f}" for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
-    seconds = {}
+    seconds, peaks = {}, {}
     for folder in folders:
         path = os.path.join(workdir, folder)
         info = common.read_manifest(path) or read_json(os.path.join(path, "train.json"))
         if info and info.get("seconds") is not None:
             seconds[folder] = round(float(info["seconds"]), 1)
-    return seconds
+        if info and info.get("peak_rss_mb") is not None:
+            peaks[folder] = info["peak_rss_mb"]
+    return seconds, peaks
 
 
 def _strips(workdir: str, n: int = 4, last: Optional[int] = None) -> Optional[dict]:
@@ -120,7 +123,7 @@ def report(workdir: str, last: Optional[int] = None) -> dict:
         classes,
         _strips(workdir, last=last),
         title=f"{info['config']['experiment']['name']} ({info['variant']})",
-        seconds=stage_seconds(workdir, last),
+        costs=stage_costs(workdir, last),
     )
 
 
@@ -130,14 +133,20 @@ def write_report(
     classes: Sequence[str],
     strips: Optional[dict] = None,
     title: str = "",
-    seconds: Optional[dict] = None,
+    costs: Optional[tuple[dict, dict]] = None,
 ) -> dict:
     """report.json, report.md and the figures from rows of
     {"iteration", "stage", "split", "miou", "per_class"}."""
-    seconds = stage_seconds(workdir) if seconds is None else seconds
-    report = {"title": title, "classes": list(classes), "stages": rows, "seconds": seconds}
+    seconds, peaks = stage_costs(workdir) if costs is None else costs
+    report = {
+        "title": title,
+        "classes": list(classes),
+        "stages": rows,
+        "seconds": seconds,
+        "peak_rss_mb": peaks,
+    }
     write_json_atomic(os.path.join(workdir, "report.json"), report)
-    _markdown(workdir, rows, classes, title, report["seconds"])
+    _markdown(workdir, rows, classes, title, seconds, peaks)
     _progress_figure(workdir, rows)
     if strips:
         _strip_figure(workdir, strips, classes)
@@ -155,7 +164,7 @@ def summary_line(row: dict) -> str:
     return f"iteration {row['iteration']}  {row['stage']:12s}  {row['split']:5s}  {what}"
 
 
-def _markdown(workdir, rows, classes, title, seconds=None):
+def _markdown(workdir, rows, classes, title, seconds=None, peaks=None):
     lines = [f"# {title or 'MCOF run report'}", ""]
     scored = [r for r in rows if r.get("miou") is not None]
 
@@ -222,13 +231,14 @@ def _markdown(workdir, rows, classes, title, seconds=None):
                 f"of {st['images']} | " + " | ".join(num(st["share"].get(c)) for c in classes) + " |"
             )
     if seconds:
+        peaks = peaks or {}
         lines += [
             "",
-            f"Wall time per stage ({sum(seconds.values()):.0f} s in all):",
+            f"Wall time and peak resident memory per stage ({sum(seconds.values()):.0f} s in all):",
             "",
-            "| stage | seconds |",
-            "|---|---|",
-        ] + [f"| {folder} | {s:.0f} |" for folder, s in seconds.items()]
+            "| stage | seconds | peak RSS (MB) |",
+            "|---|---|---|",
+        ] + [f"| {folder} | {s:.0f} | {num(peaks.get(folder), 0)} |" for folder, s in seconds.items()]
     write_bytes_atomic(os.path.join(workdir, "report.md"), ("\n".join(lines) + "\n").encode())
 
 
