@@ -27,7 +27,7 @@ from typing import Optional
 import apache_beam as beam
 import tensorflow as tf
 
-from mcof_tf import fileio, memory
+from mcof_tf import fileio, usage
 from mcof_tf.data.records import MANIFEST, count_records, example_id
 from mcof_tf.fileio import is_remote, read_json, writable_dir, write_json_atomic
 
@@ -192,8 +192,7 @@ def finish(
         "shards": [p.rsplit("/", 1)[-1] for p in shards],
         "shard_bytes": {p.rsplit("/", 1)[-1]: fileio.size(p) for p in shards},
         "fingerprint": fingerprint,
-        "seconds": round(time.time() - started, 3),
-        **memory.peak_rss(),
+        **usage.stage_usage(started),  # seconds, CPU, peak memory
         **(extra or {}),
     }
     if read != written + len(rejected):

@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from beam_jobs import common
-from mcof_tf import fileio, memory
+from mcof_tf import fileio, usage
 from mcof_tf import log as log_setup
 from mcof_tf.fileio import check_output_apart, folder_lock
 
@@ -117,7 +117,7 @@ def run(
         for pattern in (f"{common.REJECTED}*", f"{common.MANIFEST}*", f"{OUTPUTS}*"):  # not the PNGs: resume
             for path in fileio.glob(common.join(out_dir, pattern)):
                 fileio.remove(path)
-        started = memory.stage_clock()
+        started = usage.stage_clock()
         log.info(f"predict: {len(paths) + len(collisions)} images from {inputs} → {out_dir}")
         handler = PredictorHandler(model, base, out_dir, scales, crf, overlay)
 

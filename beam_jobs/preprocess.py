@@ -30,7 +30,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import common
 from mcof_tf import log as log_setup
-from mcof_tf import memory
+from mcof_tf import usage
 from mcof_tf.config import Config
 from mcof_tf.fileio import check_output_apart, folder_lock
 
@@ -165,7 +165,7 @@ def run(data_root: str, split: str, out_dir: str, cfg: Config, pipeline_options=
             log.info(f"preprocess: {out_dir} is complete already; nothing to do")
             return common.read_manifest(out_dir)
         common.prepare_output(out_dir, split)
-        started = memory.stage_clock()
+        started = usage.stage_clock()
         log.info(f"preprocess: {len(ids)} ids of split '{split}' from {dataset.root} → {out_dir}")
         fn = PreprocessFn(
             dataset.root,

@@ -44,7 +44,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from beam_jobs import common
-from mcof_tf import fileio, memory
+from mcof_tf import fileio, usage
 from mcof_tf import log as log_setup
 from mcof_tf.config import Config
 from mcof_tf.fileio import check_output_apart, file_digest, folder_lock
@@ -369,7 +369,7 @@ def run(
             for path in fileio.glob(common.join(out_dir, f"{tag}*")):
                 fileio.remove(path)
         read = common.count_records(records)
-        started = memory.stage_clock()
+        started = usage.stage_clock()
         log.info(f"relabel {stage}: {read} records from {records} → {out_dir}")
         rules = LabelRules(
             stage,

@@ -55,22 +55,24 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
     return rows
 
 
-def stage_costs(workdir: str, last: Optional[int] = None) -> tuple[dict, dict]:
-    """Wall seconds and peak resident memory (MB) of every finished stage, in the loop's order, from
-    the Beam stages' manifests and the training stages' train.json (the last attempt's, when a stage
-    was resumed after a kill; mcof_tf.memory says what the peak covers)."""
+USAGE = ("seconds", "cpu_percent", "peak_rss_mb")  # what each stage records (mcof_tf.usage)
+
+
+def stage_costs(workdir: str, last: Optional[int] = None) -> dict:
+    """{"seconds": {folder: s}, "cpu_percent": {...}, "peak_rss_mb": {...}} of every finished stage, in
+    the loop's order, from the Beam stages' manifests and the training stages' train.json (the last
+    attempt's, when a stage was resumed after a kill; mcof_tf.usage says what the figures cover)."""
     folders = ["records/train", "records/val", "groundtruth", "cam", "seeds"]
     for t in _iterations(workdir, last):
         folders += [f"iter{t}/{f}" for f in ("regionnet", "regions", "pixelnet", "masks", "val")]
-    seconds, peaks = {}, {}
+    costs = {key: {} for key in USAGE}
     for folder in folders:
         path = os.path.join(workdir, folder)
-        info = common.read_manifest(path) or read_json(os.path.join(path, "train.json"))
-        if info and info.get("seconds") is not None:
-            seconds[folder] = round(float(info["seconds"]), 1)
-        if info and info.get("peak_rss_mb") is not None:
-            peaks[folder] = info["peak_rss_mb"]
-    return seconds, peaks
+        info = common.read_manifest(path) or read_json(os.path.join(path, "train.json")) or {}
+        for key in USAGE:
+            if info.get(key) is not None:
+                costs[key][folder] = round(float(info[key]), 1)
+    return costs
 
 
 def _strips(workdir: str, n: int = 4, last: Optional[int] = None) -> Optional[dict]:
@@ -133,20 +135,14 @@ def write_report(
     classes: Sequence[str],
     strips: Optional[dict] = None,
     title: str = "",
-    costs: Optional[tuple[dict, dict]] = None,
+    costs: Optional[dict] = None,
 ) -> dict:
     """report.json, report.md and the figures from rows of
     {"iteration", "stage", "split", "miou", "per_class"}."""
-    seconds, peaks = stage_costs(workdir) if costs is None else costs
-    report = {
-        "title": title,
-        "classes": list(classes),
-        "stages": rows,
-        "seconds": seconds,
-        "peak_rss_mb": peaks,
-    }
+    costs = stage_costs(workdir) if costs is None else costs
+    report = {"title": title, "classes": list(classes), "stages": rows, **costs}
     write_json_atomic(os.path.join(workdir, "report.json"), report)
-    _markdown(workdir, rows, classes, title, seconds, peaks)
+    _markdown(workdir, rows, classes, title, costs)
     _progress_figure(workdir, rows)
     if strips:
         _strip_figure(workdir, strips, classes)
@@ -164,7 +160,7 @@ def summary_line(row: dict) -> str:
     return f"iteration {row['iteration']}  {row['stage']:12s}  {row['split']:5s}  {what}"
 
 
-def _markdown(workdir, rows, classes, title, seconds=None, peaks=None):
+def _markdown(workdir, rows, classes, title, costs=None):
     lines = [f"# {title or 'MCOF run report'}", ""]
     scored = [r for r in rows if r.get("miou") is not None]
 
@@ -230,15 +226,20 @@ def _markdown(workdir, rows, classes, title, seconds=None, peaks=None):
                 f"{num(st['confidence'])} | {num(st['changed'])} | {st['images_with_an_unlabelled_tag']} "
                 f"of {st['images']} | " + " | ".join(num(st["share"].get(c)) for c in classes) + " |"
             )
+    seconds = (costs or {}).get("seconds")
     if seconds:
-        peaks = peaks or {}
+        cpu, peak = costs.get("cpu_percent", {}), costs.get("peak_rss_mb", {})
         lines += [
             "",
-            f"Wall time and peak resident memory per stage ({sum(seconds.values()):.0f} s in all):",
+            f"What each stage used ({sum(seconds.values()):.0f} s in all; CPU: user + system time over wall "
+            "time, 200 % = two cores busy):",
             "",
-            "| stage | seconds | peak RSS (MB) |",
-            "|---|---|---|",
-        ] + [f"| {folder} | {s:.0f} | {num(peaks.get(folder), 0)} |" for folder, s in seconds.items()]
+            "| stage | seconds | CPU % | peak RSS (MB) |",
+            "|---|---|---|---|",
+        ] + [
+            f"| {folder} | {s:.0f} | {num(cpu.get(folder), 0)} | {num(peak.get(folder), 0)} |"
+            for folder, s in seconds.items()
+        ]
     write_bytes_atomic(os.path.join(workdir, "report.md"), ("\n".join(lines) + "\n").encode())
 
 

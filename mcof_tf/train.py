@@ -68,12 +68,14 @@ def main(argv=None) -> int:
     print("\nMCOF report:")
     for r in rep["stages"]:
         print("  " + summary_line(r))
-    if rep.get("seconds"):  # where the time went (the last attempt's, for stages resumed after a kill)
-        print("  wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rep["seconds"].items()))
-    if rep.get("peak_rss_mb"):
-        print(
-            "  peak RSS per stage (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rep["peak_rss_mb"].items())
-        )
+    # where the time went (the last attempt's, for stages resumed after a kill): mcof_tf.usage
+    for key, what in (
+        ("seconds", "wall time (s)"),
+        ("cpu_percent", "CPU (%)"),
+        ("peak_rss_mb", "peak RSS (MB)"),
+    ):
+        if rep.get(key):
+            print(f"  {what} per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in rep[key].items()))
     if rep.get("export"):
         print(f"exported: {rep['export']}")
     print(f"wall time {time.time() - started:.0f} s")

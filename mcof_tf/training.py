@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -30,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcof_tf import fileio, memory, precision
+from mcof_tf import fileio, precision, usage
 from mcof_tf.config import Config
 from mcof_tf.data.pipeline import dataset_from_config
 from mcof_tf.data.records import MANIFEST, count_records, decode_example, superpixel_counts
@@ -376,7 +375,7 @@ def train(
     saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
     `init_from`: a model.keras of the same network whose weights start the training (warm start).
     """
-    started = memory.stage_clock()
+    started = usage.stage_clock()
     stage = getattr(cfg.train, network)
     epochs = epochs or (stage.warm_epochs if init_from and stage.warm_epochs else stage.epochs)
     if not steps_per_epoch:
@@ -438,8 +437,7 @@ def train(
     write_json_atomic(
         os.path.join(out_dir, "train.json"),
         {
-            "seconds": round(time.time() - started, 3),
-            **memory.peak_rss(),
+            **usage.stage_usage(started),  # seconds, CPU, peak memory
             "epochs": epochs,
             "resumed_after_epoch": done_epochs,
             "steps_per_epoch": steps_per_epoch,

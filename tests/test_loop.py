@@ -75,7 +75,7 @@ def test_report_has_every_stage_of_table_3(finished):
         and "| iter2/pixelnet |" in (work / "report.md").read_text()
     )
     # and its peak memory: a training stage holds TensorFlow, so more than the 100 MB of Python alone
-    assert list(rep["peak_rss_mb"]) == list(rep["seconds"])
+    assert list(rep["peak_rss_mb"]) == list(rep["cpu_percent"]) == list(rep["seconds"])
     assert all(rep["peak_rss_mb"][f] > 100 for f in ("cam", "iter1/pixelnet", "iter2/regionnet"))
     assert (work / "miou_progress.png").stat().st_size > 0 and (work / "stages.png").stat().st_size > 0
 

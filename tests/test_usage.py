@@ -1,40 +1,57 @@
-"""A stage's peak memory: what the run report prints next to each stage's wall time."""
+"""What a stage used (wall time, CPU, peak memory), as the run report prints it, and the memory it gives back."""
 
 import sys
 
 import numpy as np
 import pytest
 
-from mcof_tf import memory
+from mcof_tf import usage
 
 
 def test_a_stage_peak_counts_what_the_stage_held_and_not_what_came_before():
     if not sys.platform.startswith("linux"):
         pytest.skip("only Linux resets a process's peak RSS (/proc/self/clear_refs)")
-    assert memory.reset_peak()
+    started = usage.stage_clock()
     big = np.ones(300 * 2**20, np.uint8)  # 300 MB, touched
-    held = memory.peak_rss()
+    held = usage.stage_usage(started)
     del big
-    memory.reset_peak()  # the next stage: the 300 MB freed before it are not its peak
-    after = memory.peak_rss()
+    after = usage.stage_usage(
+        usage.stage_clock()
+    )  # the next stage: the 300 MB freed before it are not its peak
     assert held["peak_rss_scope"] == after["peak_rss_scope"] == "stage"
     assert held["peak_rss_mb"] - after["peak_rss_mb"] > 250, (held, after)
 
 
-def test_the_stage_clock_resets_the_peak_and_returns_the_time(monkeypatch):
+def test_a_stage_cpu_figure_is_its_cpu_time_over_its_wall_time():
+    import time
+
+    started = usage.stage_clock()
+    wall0, cpu0 = time.time(), time.process_time()  # after the clock's own work (gc, trim)
+    spin = time.process_time() + 0.3
+    while time.process_time() < spin:  # one thread busy
+        pass
+    time.sleep(0.3)  # then idle: under 100 % however loaded the machine is
+    got = usage.stage_usage(started)
+    expected = 100 * (time.process_time() - cpu0) / (time.time() - wall0)
+    assert got["seconds"] >= 0.6 and 0 < got["cpu_percent"] < 100, got
+    assert abs(got["cpu_percent"] - expected) < 10, (got, expected)
+
+
+def test_the_stage_clock_frees_and_resets_the_peak_and_returns_the_time(monkeypatch):
     import time
 
     calls = []
-    monkeypatch.setattr(memory, "reset_peak", lambda: calls.append(1) or True)
+    monkeypatch.setattr(usage, "release_free_memory", lambda: calls.append("free"))
+    monkeypatch.setattr(usage, "reset_peak", lambda: calls.append("reset") or True)
     before = time.time()
-    assert before <= memory.stage_clock() <= time.time() and calls == [1]
+    assert before <= usage.stage_clock() <= time.time() and calls == ["free", "reset"]
 
 
 _PROBE = """
 import sys
-from mcof_tf import memory
+from mcof_tf import usage
 if sys.argv[1] == "releasable":
-    memory.use_releasable_allocator()
+    usage.use_releasable_allocator()
 import tensorflow as tf
 
 def rss_mb():
@@ -44,7 +61,7 @@ before = rss_mb()
 x = tf.random.uniform([256, 1024, 1024])  # 1 GB, as a stage's activations
 peak = rss_mb()
 del x
-memory.release_free_memory()
+usage.release_free_memory()
 print(round(before), round(peak), round(rss_mb()))
 """
 

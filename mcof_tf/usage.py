@@ -1,9 +1,12 @@
-"""Memory of one stage: its peak for the run report, and what it frees handed back before the next.
+"""What one stage used, for the run report: wall time, CPU time, peak memory; and what it freed handed
+back before the next stage.
 
 The loop runs its stages one after another in one process (Beam's local runner included), so a
-stage's peak is the process's high-water mark (VmHWM) since the stage began. Linux lets a process
-reset that mark (`echo 5 > /proc/self/clear_refs`); where it cannot (another OS, a locked-down
-/proc), the figure is the process's peak since it started, and is labelled so.
+stage's CPU figure is the process's user + system time over the stage's wall time (200 % = both
+cores of a 2-core machine busy throughout), and its peak memory the process's high-water mark (VmHWM)
+since the stage began. Linux lets a process reset that mark (`echo 5 > /proc/self/clear_refs`); where
+it cannot (another OS, a locked-down /proc), the figure is the process's peak since it started, and
+is labelled so.
 
 A stage's memory is only its own if the stages before gave theirs back: see
 `use_releasable_allocator`.
@@ -20,6 +23,7 @@ import time
 from typing import Optional
 
 _reset_worked = False
+_cpu_at_start = 0.0
 
 
 def reset_peak() -> bool:
@@ -36,13 +40,13 @@ def reset_peak() -> bool:
 
 def use_releasable_allocator() -> None:
     """Let memory a finished stage freed go back to the OS, without slowing the training step. Call
-    before TensorFlow is imported (the loop's command does).
+    before TensorFlow is imported (`python -m mcof_tf.<tool>` does, in mcof_tf/__init__.py).
 
     TensorFlow's oneDNN CPU allocator keeps large buffers in a pool that never shrinks: the paper
     config's loop stayed at CAM training's 9.5 GB through every later stage (PixelNet alone peaks at
     5.5 GB). With TF_ONEDNN_USE_SYSTEM_ALLOCATOR it allocates with malloc instead, and glibc is told
     to keep freed memory in its heap rather than mmap and unmap each large buffer (page faults cost
-    the small network's step ~10 %); `release_free_memory` trims the heap between stages."""
+    the small network's step 7–17 %); `release_free_memory` trims the heap between stages."""
     if os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1").lower() not in ("1", "true"):
         return  # the user's TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0 keeps TensorFlow's pool
     try:
@@ -65,10 +69,18 @@ def release_free_memory() -> None:
 
 
 def stage_clock() -> float:
-    """A stage's start: frees what earlier stages left, resets the peak, returns `time.time()`."""
+    """A stage's start: frees what earlier stages left, resets the peak and the CPU clock, returns
+    `time.time()` (what `stage_usage` takes)."""
+    global _cpu_at_start
     release_free_memory()
     reset_peak()
+    _cpu_at_start = _cpu_seconds()
     return time.time()
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _vm_hwm_kb() -> Optional[int]:
@@ -82,12 +94,19 @@ def _vm_hwm_kb() -> Optional[int]:
     return None
 
 
-def peak_rss() -> dict:
-    """{"peak_rss_mb": MB, "peak_rss_scope": "stage" | "process"} for a stage's record. Worker
-    processes (Beam's multi_processing mode, Dataflow) are not counted: their runner reports them."""
+def stage_usage(started: float) -> dict:
+    """A finished stage's record: {"seconds", "cpu_percent", "peak_rss_mb", "peak_rss_scope": "stage" |
+    "process"}, from `started = stage_clock()`. Worker processes (Beam's multi_processing mode,
+    Dataflow) are not counted: their runner reports them."""
+    seconds = time.time() - started
     kb = _vm_hwm_kb()
+    scope = "stage" if _reset_worked and kb is not None else "process"
     if kb is None:  # ru_maxrss: kilobytes on Linux, bytes on macOS; never reset
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kb = kb // 1024 if sys.platform == "darwin" else kb
-        return {"peak_rss_mb": round(kb / 1024, 1), "peak_rss_scope": "process"}
-    return {"peak_rss_mb": round(kb / 1024, 1), "peak_rss_scope": "stage" if _reset_worked else "process"}
+    return {
+        "seconds": round(seconds, 3),
+        "cpu_percent": round(100 * (_cpu_seconds() - _cpu_at_start) / max(seconds, 1e-9), 1),
+        "peak_rss_mb": round(kb / 1024, 1),
+        "peak_rss_scope": scope,
+    }
