@@ -52,7 +52,7 @@ def use_releasable_allocator() -> None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-4, 0)  # M_MMAP_MAX: large blocks from the heap, reused step after step
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: no trimming inside a stage
+        libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD = SIZE_MAX: no trimming inside a stage, however large
     except (OSError, AttributeError):  # not glibc: its own policy applies
         pass
 
