@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import resource
 import sys
 import time
 from typing import Optional
@@ -101,12 +100,17 @@ def stage_usage(started: float) -> dict:
     seconds = time.time() - started
     kb = _vm_hwm_kb()
     scope = "stage" if _reset_worked and kb is not None else "process"
-    if kb is None:  # ru_maxrss: kilobytes on Linux, bytes on macOS; never reset
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kb = kb // 1024 if sys.platform == "darwin" else kb
+    if kb is None:  # ru_maxrss: kilobytes on Linux, bytes on macOS; never reset; none on Windows
+        try:
+            import resource
+        except ImportError:
+            resource = None
+        if resource is not None:
+            kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            kb = kb // 1024 if sys.platform == "darwin" else kb
     return {
         "seconds": round(seconds, 3),
         "cpu_percent": round(100 * (_cpu_seconds() - _cpu_at_start) / max(seconds, 1e-9), 1),
-        "peak_rss_mb": round(kb / 1024, 1),
+        "peak_rss_mb": None if kb is None else round(kb / 1024, 1),
         "peak_rss_scope": scope,
     }
