@@ -12,7 +12,7 @@ if _sys.argv[:1] == ["-m"]:
     from mcof_tf import usage as _usage
 
     _usage.use_releasable_allocator()
-if _sys.argv[:1] == ["-m"] and not {"-v", "-vv", "--verbose"} & set(_sys.argv):
-    from mcof_tf import log as _log
+    if not {"-v", "-vv", "--verbose"} & set(_sys.argv):
+        from mcof_tf import log as _log
 
-    _log.setup(0)
+        _log.setup(0)

@@ -52,7 +52,7 @@ def use_releasable_allocator() -> None:
         libc = ctypes.CDLL(None)
         libc.mallopt(-4, 0)  # M_MMAP_MAX: large blocks from the heap, reused step after step
         libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD = SIZE_MAX: no trimming inside a stage, however large
-    except (OSError, AttributeError):  # not glibc: its own policy applies
+    except (OSError, AttributeError, TypeError):  # not glibc (Windows: no CDLL(None)): its own policy
         pass
 
 
@@ -63,7 +63,7 @@ def release_free_memory() -> None:
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+    except (OSError, AttributeError, TypeError):  # not glibc
         pass
 
 
