@@ -625,14 +625,27 @@ def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:
     return inputs_difference(done["inputs"], inputs)
 
 
+def _comparable(inputs: dict) -> dict:
+    """`inputs` without the keys that cannot change a stage's result: execution keys (records written
+    before a key became one still hold it, e.g. mixed_precision: false) and, for a stage that starts
+    from scratch, `warm_epochs` (only a warm-started stage trains for them)."""
+    inputs = dict(inputs)
+    config = inputs.get("config")
+    if isinstance(config, dict) and isinstance(config.get("train"), dict):
+        train = {k: v for k, v in config["train"].items() if k not in EXECUTION_KEYS}
+        if inputs.get("init_from") is None:
+            train = {
+                k: {n: e for n, e in v.items() if n != "warm_epochs"} if isinstance(v, dict) else v
+                for k, v in train.items()
+            }
+        inputs["config"] = {**config, "train": train}
+    return inputs
+
+
 def inputs_difference(before: dict, inputs: dict) -> Optional[str]:
     """How a stage's recorded inputs differ from `inputs`, in words (None: they do not). Used for a
     finished stage (its train.json) and for a killed one's backup (its inputs.json) alike."""
-    before = dict(before)
-    if isinstance(before.get("config"), dict) and isinstance(before["config"].get("train"), dict):
-        # records written before a key became an execution key still hold it (mixed_precision: false)
-        train = {k: v for k, v in before["config"]["train"].items() if k not in EXECUTION_KEYS}
-        before["config"] = {**before["config"], "train": train}
+    before, inputs = _comparable(before), _comparable(inputs)
     for key in ("records", "init_from", "num_classes", "config"):
         if before.get(key) != inputs[key]:
             return {
