@@ -109,15 +109,20 @@ class NetworkHandler(ModelHandler):
         from mcof_tf import training
 
         model = training.load_model(self.model_path)
+        # one trace for images of any size (without a signature: one for the first size, one more for
+        # the next, generalised)
+        image = tf.TensorSpec([1, None, None, 3], tf.float32)
         if self.stage == "cam":
             from mcof_tf.models.cam import CLASSIFIER, cam_extractor, class_activation_maps
 
             extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
             scales, flip = self.seed_params.get("scales", [1.0]), self.seed_params.get("flip", False)
             return tf.function(
-                lambda x: class_activation_maps(extractor, kernel, x, scales, flip), reduce_retracing=True
+                lambda x: class_activation_maps(extractor, kernel, x, scales, flip), input_signature=[image]
             )
-        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # one trace, any size
+        if self.stage == "regionnet":
+            image = {"image": image, "superpixels": tf.TensorSpec([1, None, None], tf.int32)}
+        return tf.function(lambda x: model(x, training=False), input_signature=[image])
 
     def run_inference(self, batch, model, inference_args=None):
         from mcof_tf.data import records

@@ -142,7 +142,10 @@ def _tag_bce(cfg: Config):
 
 
 def _tag_metrics(num_classes):
-    return [keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy"), losses.TagF1()]
+    return [
+        keras.metrics.BinaryAccuracy(threshold=0.0, name="tag_accuracy"),
+        losses.TagF1(num_classes=num_classes),
+    ]
 
 
 def _segmentation_metrics(num_classes):
@@ -293,6 +296,10 @@ def compiled_network(
         model.compile(
             optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit
         )
+        # The optimizer's slots made now: a tf.function whose first trace creates variables is traced
+        # a second time, which doubled every training stage's start-up (Keras builds them first only
+        # under a non-default strategy).
+        model.optimizer.build(model.trainable_variables)
     return model
 
 

@@ -140,10 +140,12 @@ class TagF1(keras.metrics.F1Score):
     Binary accuracy flatters a classifier when tags are sparse (with 1.4 tags of 10 classes per image,
     predicting no tag at all scores 0.86); F1 is 0 for that and 1 only for the right tags."""
 
-    def __init__(self, name: str = "tag_f1", **kwargs):
+    def __init__(self, name: str = "tag_f1", num_classes: int | None = None, **kwargs):
         kwargs.pop("average", None)
         kwargs.pop("threshold", None)
         super().__init__(average="micro", threshold=0.5, name=name, **kwargs)
+        if num_classes:  # its counts made now, not inside the first traced training step (see
+            self._build((None, num_classes), (None, num_classes))  # training.compiled_network)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         return super().update_state(
