@@ -226,3 +226,21 @@ def test_prior_offsets_undo_a_class_balanced_shift():
     balanced = true_logits - 0.5 * np.log(np.maximum(shares, 0.05))  # what the weighted loss learns
     assert balanced.argmax() == 1 and (balanced + off).argmax() == 0
     np.testing.assert_allclose(training.prior_offsets(shares, 0.0), 0.0)
+
+
+def test_a_training_step_is_traced_once(labelled_records, tiny_cfg, tmp_path):
+    """The optimizer's slots and the metrics' counts exist before the first step: a tf.function whose
+    first trace creates variables is traced a second time, which doubled every stage's start-up."""
+    made_in_a_trace = []
+
+    def creator(next_creator, **kwargs):
+        if tf.inside_function():
+            made_in_a_trace.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    for network in ("cam", "regionnet", "pixelnet"):  # one device: Keras builds nothing ahead there
+        with tf.variable_creator_scope(creator):
+            training.train(
+                network, labelled_records, str(tmp_path / network), tiny_cfg, 7, epochs=1, steps_per_epoch=1
+            )
+    assert made_in_a_trace == []
