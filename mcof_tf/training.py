@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from mcof_tf import fileio, precision, usage
 from mcof_tf.config import Config
-from mcof_tf.data.pipeline import dataset_from_config
+from mcof_tf.data.pipeline import dataset_from_config, plain
 from mcof_tf.data.records import MANIFEST, count_records, decode_example, superpixel_counts
 from mcof_tf.fileio import file_digest, read_json, write_json_atomic
 from mcof_tf.models import losses
@@ -235,7 +235,8 @@ def input_dataset(
         shard=shard,
     )
     ds = ds.map(
-        functools.partial(net.batch, num_classes=num_classes, cfg=cfg), num_parallel_calls=tf.data.AUTOTUNE
+        plain(functools.partial(net.batch, num_classes=num_classes, cfg=cfg)),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -582,9 +583,9 @@ def label_shares(network: NetworkName, records: str, cfg: Config, num_classes: i
 
     files = sorted(fileio.glob(records))
     ds = tf.data.TFRecordDataset(files).map(
-        lambda s: counts(decode_example(s, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
+        plain(lambda s: counts(decode_example(s, num_classes))), num_parallel_calls=tf.data.AUTOTUNE
     )
-    total = ds.reduce(tf.zeros([num_classes], tf.int64), lambda a, c: a + c).numpy()
+    total = ds.reduce(tf.zeros([num_classes], tf.int64), plain(lambda a, c: a + c)).numpy()
     if not total.sum():
         raise ValueError(f"the records at {records} hold no labels for {network}")
     return [round(float(x), 8) for x in total / total.sum()]

@@ -158,3 +158,45 @@ def test_read_records_by_id_and_record_ids(tmp_path):
     pattern = _shards(tmp_path, 4)
     assert records.record_ids(pattern) == ["r0", "r1", "r2", "r3"]
     assert [r.id for r in records.read_records(pattern, {"r1", "r3"})] == ["r1", "r3"]
+
+
+_AUTOGRAPH_PROBE = """
+import functools, glob, os, sys, tempfile
+import tensorflow as tf
+from mcof_tf import training
+from mcof_tf.data import records
+from mcof_tf.config import load_config
+
+cfg = load_config("synthetic", ["input.crop_size=16", "input.batch_size=2"])
+for network in ("cam", "regionnet", "pixelnet"):  # the training input of each, and what train() reads
+    training.input_dataset(network, sys.argv[1], cfg, 4, 2)
+training.label_shares("pixelnet", sys.argv[1], cfg, 4)
+training.regions_over_the_limit(sys.argv[1], cfg)
+training.dataset_from_config(sys.argv[1], 4, cfg.input, training=False, batch_size=1)
+made = lambda: len(glob.glob(os.path.join(tempfile.gettempdir(), "__autograph_generated_file*")))
+ours = made()
+# a map that AutoGraph converts (a function from a file: -c code has no source to convert), as a control
+tf.data.TFRecordDataset(glob.glob(sys.argv[1])).map(functools.partial(records.decode_example, num_classes=4))
+print(ours, made())
+"""
+
+
+def test_input_pipelines_are_built_without_autograph_conversion(tmp_path):
+    """The input functions are plain TF ops: converting them with AutoGraph (which writes each converted
+    function to a temporary file) cost about 2 s of every training stage's start-up."""
+    import os
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-c", _AUTOGRAPH_PROBE, _shards(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    ours, with_control = (int(v) for v in r.stdout.split()[-2:])
+    assert ours == 0 and with_control > 0, r.stdout

@@ -83,3 +83,44 @@ def test_a_finished_stage_gives_its_memory_back_to_the_next():
     assert after - before < 200, got
     before, peak, after = got["default"]
     assert after - before > 900, got  # what the loop did before: the stage after starts 1 GB up
+
+
+_FREEZE_PROBE = """
+import gc, sys, weakref
+from mcof_tf import usage
+if sys.argv[1] == "releasable":
+    usage.use_releasable_allocator()
+import tensorflow as tf
+
+usage.release_free_memory()  # the first stage
+frozen = gc.get_freeze_count()
+
+class Node:
+    pass
+
+a, b = Node(), Node()
+a.other, b.other = b, a  # a stage's model: a reference cycle
+gone = weakref.ref(a)
+del a, b
+usage.release_free_memory()  # the next stage
+print(frozen, gc.get_freeze_count(), gone() is None)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "releasable"])
+def test_stages_collect_their_cycles_without_rescanning_the_imports(mode):
+    """Where memory is handed back, the first stage start moves what is alive then (TensorFlow's
+    objects) out of the collector's sight, once: each later full collection took 0.6 s with them in.
+    A cycle made after it is still collected. TensorFlow's own pool keeps what it frees anyway, so
+    without the releasable allocator nothing is collected or frozen."""
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-c", _FREEZE_PROBE, mode], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, later, collected = r.stdout.split()[-3:]
+    if mode == "releasable":
+        assert int(first) > 100_000 and later == first and collected == "True", r.stdout
+    else:
+        assert first == later == "0", r.stdout

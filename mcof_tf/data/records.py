@@ -296,7 +296,9 @@ def superpixel_counts(pattern: str) -> list[int]:
     if not files:
         return []
     sizes = tf.data.TFRecordDataset(files).map(
-        lambda s: tf.size(tf.io.parse_single_example(s, spec)[SUPERPIXEL_LABELS].values),
+        tf.autograph.experimental.do_not_convert(  # plain TF ops (see data.pipeline.plain)
+            lambda s: tf.size(tf.io.parse_single_example(s, spec)[SUPERPIXEL_LABELS].values)
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return [int(n) for n in sizes.as_numpy_iterator()]
