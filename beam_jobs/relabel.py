@@ -111,18 +111,18 @@ class NetworkHandler(ModelHandler):
         model = training.load_model(self.model_path)
         # one trace for images of any size (without a signature: one for the first size, one more for
         # the next, generalised)
-        image = tf.TensorSpec([1, None, None, 3], tf.float32)
+        spec = tf.TensorSpec([1, None, None, 3], tf.float32)  # an image; RegionNet's input adds superpixels
         if self.stage == "cam":
             from mcof_tf.models.cam import CLASSIFIER, cam_extractor, class_activation_maps
 
             extractor, kernel = cam_extractor(model), model.get_layer(CLASSIFIER).kernel
             scales, flip = self.seed_params.get("scales", [1.0]), self.seed_params.get("flip", False)
             return tf.function(
-                lambda x: class_activation_maps(extractor, kernel, x, scales, flip), input_signature=[image]
+                lambda x: class_activation_maps(extractor, kernel, x, scales, flip), input_signature=[spec]
             )
         if self.stage == "regionnet":
-            image = {"image": image, "superpixels": tf.TensorSpec([1, None, None], tf.int32)}
-        return tf.function(lambda x: model(x, training=False), input_signature=[image])
+            spec = {"image": spec, "superpixels": tf.TensorSpec([1, None, None], tf.int32)}
+        return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
     def run_inference(self, batch, model, inference_args=None):
         from mcof_tf.data import records
