@@ -450,6 +450,9 @@ def bench_method(args) -> None:
         log.info(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s")
         return read_json(os.path.join(workdir, "report.json"))
 
+    from mcof_tf.data import ensure_dataset
+
+    ensure_dataset(cfg.data)  # once, before runs side by side would each generate the benchmark
     # --jobs runs side by side: one small-network run leaves part of a 2-core machine idle
     runs = [(variant, seed) for variant in variants for seed in seeds]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:

@@ -230,7 +230,8 @@ def read_json(path: str):
 LOCK_FILE = ".lock"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this id is running."""
     import os
 
     try:
@@ -274,7 +275,7 @@ def folder_lock(folder: str):
             if (
                 theirs.get("host") == mine["host"]
                 and isinstance(theirs.get("pid"), int)
-                and not _alive(theirs["pid"])
+                and not process_alive(theirs["pid"])
             ):
                 logging.getLogger(__name__).info(
                     f"{folder}: taking over the lock of pid {theirs['pid']} (started {theirs.get('started')}), "

@@ -64,6 +64,25 @@ def test_write_refuses_a_foreign_folder(tmp_path):
     assert (tmp_path / "x" / "mine.txt").read_text() == "keep me"
 
 
+def test_writers_side_by_side_leave_one_complete_root(tmp_path, monkeypatch):
+    # two runs started together on a fresh machine both generate the benchmark: one finishes while the
+    # other is still writing (before, they shared one temporary folder and the second run failed)
+    root = str(tmp_path / "b")
+    render, other = synthetic.render, []
+
+    def render_while_another_writes(spec, i):
+        if not other:
+            other.append("started")
+            other.append(synthetic.write_dataset(root, spec, progress=False))
+        return render(spec, i)
+
+    monkeypatch.setattr(synthetic, "render", render_while_another_writes)
+    (tmp_path / "b.partial-999999999-abc").mkdir()  # left by a killed writer (no such process)
+    assert synthetic.write_dataset(root, TINY, progress=False) == root
+    assert other == ["started", root] and synthetic.is_complete(root, TINY)
+    assert os.listdir(tmp_path) == ["b"]  # no temporary folder left, the abandoned one removed
+
+
 def test_cli_writes_a_root(tmp_path):
     out = tmp_path / "b"
     assert (

@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from functools import cache
@@ -42,6 +43,7 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw, segmentation, transform
 
+from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.config import SyntheticConfig as SyntheticSpec  # the generator's parameters are the config's
 from mcof_tf.data.voc import IGNORE_LABEL, voc_palette
@@ -382,8 +384,12 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
         raise FileExistsError(
             f"{root} exists and holds something other than this benchmark; choose another --out"
         )
-    tmp = root.rstrip("/") + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    parent, base = os.path.split(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    _remove_abandoned_partials(parent, base)
+    # Each writer has its own temporary folder: runs started side by side on a fresh machine (`bench
+    # method --jobs 2`) all generate the same root, and must not write into or rename away another's.
+    tmp = tempfile.mkdtemp(prefix=f"{base}.partial-{os.getpid()}-", dir=parent)
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(tmp, sub))
     pal = voc_palette().reshape(-1).tolist()
@@ -410,11 +416,23 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
         f.write("\n".join(classes(spec)) + "\n")
     with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
         json.dump(_marker(spec), f)
-    if os.path.exists(root):
-        os.rmdir(root)  # empty (checked above)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    os.rename(tmp, root)
+    try:
+        if os.path.exists(root):
+            os.rmdir(root)  # empty (checked above), unless another writer has just finished
+        os.rename(tmp, root)
+    except OSError:
+        if not is_complete(root, spec):
+            raise
+        shutil.rmtree(tmp)  # another writer finished first: theirs is the same dataset
     return root
+
+
+def _remove_abandoned_partials(parent: str, base: str) -> None:
+    """Temporary folders of writers of `base` that were killed (their process is gone)."""
+    for name in os.listdir(parent):
+        pid = name[len(base) :].split("-")[1] if name.startswith(f"{base}.partial-") else ""
+        if pid.isdigit() and not fileio.process_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def main(argv=None) -> int:
