@@ -120,7 +120,9 @@ class LabelsConfig:
     # towards rare classes (logits + train.class_balance * log(class share in the labels it learned
     # from)), so they keep those shares rather than drifting towards equal shares stage after stage.
     # "none"; "pixelnet": PixelNet's training-set masks; "all": those and the RegionNets' after the
-    # first (which learns from partial seeds, whose class shares are not the objects').
+    # first (which learns from partial seeds, whose class shares are not the objects'); "first_regionnet":
+    # PixelNet's masks and the first RegionNet's regions, with the seeds' shares as the prior (where seeds
+    # cover as much of the objects as of the background, e.g. small objects, they are the right one).
     prior_correction: str = "none"
 
 
@@ -224,7 +226,7 @@ _CHOICES = {
     "saliency.method": ("auto", "dataset", "geodesic"),
     "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
     "labels.tag_rule": ("restrict", "background"),
-    "labels.prior_correction": ("none", "pixelnet", "all"),
+    "labels.prior_correction": ("none", "pixelnet", "all", "first_regionnet"),
     "data.synthetic.backgrounds": ("photos", "grey"),
     "train.mixed_precision": POLICIES,
 }

@@ -148,6 +148,14 @@ def relabel_records(
 # --------------------------------------------------------------------------------------------- loop
 
 
+def corrects(prior_correction: str, network: str, t: int) -> bool:
+    """Whether the labels that `network` (regionnet, pixelnet) makes at iteration t (from 0) undo its
+    class-balanced loss's lean, under `labels.prior_correction` (see config.py)."""
+    if network == "pixelnet":
+        return prior_correction != "none"
+    return (prior_correction == "all" and t > 0) or (prior_correction == "first_regionnet" and t == 0)
+
+
 def mcof(run: Run, iterations: int) -> str:
     """Algorithm 1. Returns the folder of the last PixelNet."""
     train_records, manifest = preprocess_split(run, run.cfg.data.train_split)
@@ -165,7 +173,7 @@ def mcof(run: Run, iterations: int) -> str:
     cam = train_network(run, "cam", train_records, "cam", C)
     seeds = relabel_records(run, "cam", cam, train_records, "seeds", classes, 0)
     pixelnet = regionnet = None
-    # labels.prior_correction (see config.py): never for the first RegionNet, which learns from seeds
+    # labels.prior_correction (see config.py): which networks' labels undo their loss's lean
     prior = run.cfg.labels.prior_correction
     for t in range(iterations):  # 1: while iteration is effective
         it = f"iter{t + 1}"
@@ -185,7 +193,7 @@ def mcof(run: Run, iterations: int) -> str:
                 classes,
                 t + 1,
                 refine=refine,
-                prior_correction=prior == "all" and t > 0,
+                prior_correction=corrects(prior, "regionnet", t),
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet
@@ -198,7 +206,7 @@ def mcof(run: Run, iterations: int) -> str:
             f"{it}/masks",
             classes,
             t + 1,
-            prior_correction=prior != "none",
+            prior_correction=corrects(prior, "pixelnet", t),
         )  # 10-11: S <- M
         relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
     return pixelnet

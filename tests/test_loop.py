@@ -101,6 +101,20 @@ def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
     assert json.load(open(work / "cam" / "train.json"))["label_shares"] is None
 
 
+@pytest.mark.parametrize(
+    "prior, corrected",
+    [
+        ("none", []),
+        ("pixelnet", ["pixelnet0", "pixelnet1", "pixelnet2"]),
+        ("all", ["regionnet1", "regionnet2", "pixelnet0", "pixelnet1", "pixelnet2"]),
+        ("first_regionnet", ["regionnet0", "pixelnet0", "pixelnet1", "pixelnet2"]),
+    ],
+)
+def test_which_networks_labels_are_prior_corrected(prior, corrected):
+    got = [f"{n}{t}" for n in ("regionnet", "pixelnet") for t in range(3) if loop.corrects(prior, n, t)]
+    assert got == corrected
+
+
 def test_final_pixelnet_is_exported_in_tf_serving_layout(finished):
     cfg, base, rep = finished
     export = rep["export"]
