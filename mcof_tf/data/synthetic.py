@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from functools import cache
@@ -389,7 +389,7 @@ def write_dataset(root: str, spec: SyntheticSpec, progress: bool = True) -> str:
     _remove_abandoned_partials(parent, base)
     # Each writer has its own temporary folder: runs started side by side on a fresh machine (`bench
     # method --jobs 2`) all generate the same root, and must not write into or rename away another's.
-    tmp = tempfile.mkdtemp(prefix=f"{base}.partial-{os.getpid()}-", dir=parent)
+    tmp = os.path.join(parent, f"{base}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # not mkdtemp: 0700
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(tmp, sub))
     pal = voc_palette().reshape(-1).tolist()
