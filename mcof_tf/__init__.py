@@ -7,10 +7,11 @@ __version__ = "0.1.0"
 # `python -m mcof_tf.<tool>` (or beam_jobs.<job>): runpy imports this package while sys.argv[0] is
 # still "-m", before the tool's own imports pull in TensorFlow and Beam, so this is the one moment
 # their start-up noise can be hidden (mcof_tf.log). A library import never gets here.
-# The same moment is the last one to choose TensorFlow's CPU allocator (mcof_tf.usage).
+# The same moment is the last one to choose TensorFlow's CPU kernels and allocator (mcof_tf.usage).
 if _sys.argv[:1] == ["-m"]:
     from mcof_tf import usage as _usage
 
+    _usage.use_onednn()
     _usage.use_releasable_allocator()
     if not {"-v", "-vv", "--verbose"} & set(_sys.argv):
         from mcof_tf import log as _log

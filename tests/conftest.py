@@ -11,6 +11,11 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     _share = max((os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]), 1)
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(_share))
 
+# The kernels the project's commands run (mcof_tf.usage.use_onednn), so that the suite tests them
+from mcof_tf import usage  # noqa: E402
+
+usage.use_onednn()
+
 import tensorflow as tf  # noqa: E402
 
 # Two logical CPU devices, so that MirroredStrategy runs with 2 replicas here (before TF initialises).
