@@ -446,7 +446,10 @@ def bench_method(args) -> None:
         fileio.makedirs(os.path.dirname(workdir))
         # the run's own output, kept beside its workdir (a local file: the child writes it as it goes)
         with open(workdir + ".log", "a") as out:  # fileio-exempt: a subprocess writes it
-            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        if code:  # said now, not when the runs beside it end; the others still finish and are summarised
+            log.error(f"bench method: {variant} seed {seed} failed (exit {code}); its output: {workdir}.log")
+            return None
         log.info(f"bench method: {variant} seed {seed} done in {time.time() - t0:.0f} s")
         return read_json(os.path.join(workdir, "report.json"))
 
@@ -457,6 +460,10 @@ def bench_method(args) -> None:
     runs = [(variant, seed) for variant in variants for seed in seeds]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
         reports = dict(zip(runs, pool.map(lambda vs: one_run(*vs), runs)))
+    failed = [f"{variant} seed {seed}" for (variant, seed), r in reports.items() if r is None]
+    reports = {k: r for k, r in reports.items() if r is not None}
+    if not reports:
+        raise SystemExit(f"error: every run failed ({', '.join(failed)}); see the .log beside each workdir")
     summary = summarize_method(reports)
     write_json_atomic(os.path.join(args.root, cfg.experiment.name, "summary.json"), summary)
     method_figure(summary, os.path.join(args.root, cfg.experiment.name, "method.png"))
@@ -481,6 +488,11 @@ def bench_method(args) -> None:
         print(
             f"mcof - {d['variant']} (val, iteration {d['iteration']}): {d['mcof_minus_variant']:+.2f} ± "
             f"{d['std']:.2f} over {d['seeds']} seeds"
+        )
+    if failed:  # the summary above leaves them out
+        raise SystemExit(
+            f"error: {len(failed)} of {len(runs)} runs failed and are not in the summary: {', '.join(failed)} "
+            "(their output: the .log beside each workdir; a rerun resumes them)"
         )
 
 

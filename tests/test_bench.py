@@ -88,3 +88,30 @@ def test_the_benchmark_knows_every_variant_of_the_loop():
     from mcof_tf import bench, loop
 
     assert bench.METHOD_VARIANTS == loop.VARIANTS
+
+
+def test_a_failed_run_is_named_and_the_others_are_still_summarised(tmp_path, monkeypatch, capsys):
+    import json
+    import subprocess
+
+    from mcof_tf import bench, data
+
+    monkeypatch.setattr(data, "ensure_dataset", lambda cfg: None)
+
+    def fake_train(cmd, stdout, stderr):  # `python -m mcof_tf.train`: seed 1 dies, the others report
+        workdir, seed = cmd[cmd.index("--workdir") + 1], cmd[cmd.index("--set") + 1]
+        if seed == "experiment.seed=1":
+            return subprocess.CompletedProcess(cmd, 3)
+        with open(f"{workdir}/report.json", "w") as f:
+            json.dump(_report(20.0, 50.0 + int(seed[-1])), f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    for seed in (0, 2):
+        (tmp_path / "synthetic" / f"mcof-seed{seed}").mkdir(parents=True)
+    monkeypatch.setattr(bench.subprocess, "run", fake_train)
+    with pytest.raises(SystemExit) as e:
+        main(["method", "--root", str(tmp_path), "--seeds", "0,1,2", "--variants", "mcof", "--iter", "2"])
+    assert "1 of 3 runs failed" in str(e.value) and "mcof seed 1" in str(e.value)
+    out = capsys.readouterr().out
+    assert "51.00 ± 1.41" in out  # final val of seeds 0 and 2 (50, 52) summarised without seed 1
+    assert (tmp_path / "synthetic" / "summary.json").exists()
