@@ -14,9 +14,10 @@ Stages (the rule applied to each image's prediction):
                not known at test time; with `labels.crf` the CRF's mask is evaluated too)
   groundtruth  no model: the ground truth becomes the labels (the fully-supervised upper bound)
 
---prior-correction (regionnet, pixelnet): the network's logits get + class_balance * log(share) of the
-classes in the labels it was trained on (its train.json), so that its labels keep those shares instead
-of the class-balanced loss's shift towards rare classes (see `mcof_tf.training.prior_offsets`).
+--prior-correction [STRENGTH] (regionnet, pixelnet): the network's logits get + STRENGTH (default 1) *
+class_balance * log(share) of the classes in the labels it was trained on (its train.json), so that its
+labels keep those shares instead of the class-balanced loss's shift towards rare classes (see
+`mcof_tf.training.prior_offsets`); the loop's validation uses labels.prediction_correction (0.5).
 
 The network runs under `RunInference` (`NetworkHandler`: the model, `DIR/model.keras` or a `.keras`
 path, is loaded once per worker process); `LabelRules` turns its scores into labels. Where records
@@ -325,7 +326,7 @@ def run(
     iteration: int = 0,
     refine: bool = False,
     use_tags: bool = True,
-    prior_correction: bool = False,
+    prior_correction: float = 0.0,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -340,7 +341,7 @@ def run(
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
-    offsets = _prior_offsets(model_path, stage) if prior_correction else None
+    offsets = _prior_offsets(model_path, stage, float(prior_correction)) if prior_correction else None
     fingerprint_offsets = None if offsets is None else [round(float(o), 6) for o in offsets]
     files = sorted(fileio.glob(records))
     if not files:
@@ -356,8 +357,12 @@ def run(
             "iteration": iteration,
             "refine": refine,
             "use_tags": use_tags,
-            # the labels rules; prior_correction (a loop's choice per stage) is in prior_offsets
-            "labels": {k: v for k, v in asdict(cfg.labels).items() if k != "prior_correction"},
+            # the labels rules; the prior corrections (a loop's choice per stage) are in prior_offsets
+            "labels": {
+                k: v
+                for k, v in asdict(cfg.labels).items()
+                if k not in ("prior_correction", "prediction_correction")
+            },
             "seeds": asdict(cfg.seeds),
             "num_classes": num_classes,
             "mean_rgb": list(cfg.input.mean_rgb),  # the model's input normalisation
@@ -455,20 +460,13 @@ def run(
         return manifest
 
 
-def _prior_offsets(model_path: str, stage: Stage) -> np.ndarray:
+def _prior_offsets(model_path: str, stage: Stage, strength: float) -> np.ndarray:
     """--prior-correction: the offsets from the class shares recorded next to the model (train.json)."""
-    from mcof_tf.fileio import read_json
-    from mcof_tf.training import prior_offsets
+    from mcof_tf.training import recorded_prior_offsets
 
     if stage not in ("regionnet", "pixelnet"):
         raise ValueError(f"--prior-correction applies to the regionnet and pixelnet stages, not {stage}")
-    record = read_json(f"{os.path.dirname(model_path)}/train.json") or {}
-    if record.get("label_shares") is None:
-        raise ValueError(
-            f"{os.path.dirname(model_path)}/train.json records no label_shares (trained by an older "
-            "mcof_tf); retrain it or relabel without --prior-correction"
-        )
-    return prior_offsets(record["label_shares"], record.get("class_balance", 0.0))
+    return recorded_prior_offsets(model_path, strength)
 
 
 def main(argv=None) -> int:
@@ -491,8 +489,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tags", action="store_true", help="do not enforce image tags (validation)")
     parser.add_argument(
         "--prior-correction",
-        action="store_true",
-        help="undo the class-balanced loss's shift of the network's decisions (its train.json shares)",
+        nargs="?",
+        type=float,
+        const=1.0,
+        default=0.0,
+        metavar="STRENGTH",
+        help="undo the class-balanced loss's shift of the network's decisions (its train.json shares): "
+        "all of it (no value, or 1), a part (e.g. 0.5: labels.prediction_correction), none (0, default)",
     )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)

@@ -11,6 +11,8 @@ writes `saved_models/<name>/<version>/` (the next integer version; TF Serving's 
       class_names:     string[B, C] the class names (the export carries them; also classes.txt)
   predict_logits(images: float32[B, H, W, 3])  RGB 0..255 → logits float[B, H/8, W/8, C],
       probabilities at input resolution float[B, H, W, C]
+Both endpoints' logits carry the export's prior correction (--prior-correction; the loop exports with
+labels.prediction_correction): constant per-class offsets, recorded in logit_offsets.json.
 Preprocessing (decode, grayscale/RGBA → RGB, resize, mean subtraction) is inside the graph; the
 SavedModel needs TensorFlow only (no mcof_tf, no Keras code) to load and run.
 
@@ -27,18 +29,23 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from mcof_tf import fileio
 from mcof_tf import log as log_setup
 from mcof_tf.data.voc import MAX_PIXELS  # larger images are refused
-from mcof_tf.fileio import folder_lock
+from mcof_tf.fileio import folder_lock, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 1024  # the network's input is scaled down to this longer side
 CLASSES_FILE = "classes.txt"  # the class names, one per line, next to saved_model.pb
+OFFSETS_FILE = (
+    "logit_offsets.json"  # what the graph adds to the logits (the prior correction), for the record
+)
 
 
 def next_version_dir(base: str) -> str:
@@ -83,8 +90,11 @@ def export_saved_model(
     mean_rgb: Sequence[float],
     max_side: int = MAX_SIDE,
     max_pixels: int = MAX_PIXELS,
+    logit_offsets: Optional[Sequence[float]] = None,
 ) -> str:
-    """Write the next version under `base_dir`; returns its path."""
+    """Write the next version under `base_dir`; returns its path. `logit_offsets` (one per class) are
+    added to the network's logits inside the graph: a prior correction (`training.recorded_prior_offsets`)
+    that every endpoint's decisions then carry."""
     import keras
 
     from mcof_tf import training
@@ -98,9 +108,12 @@ def export_saved_model(
     mean = tf.constant(list(mean_rgb), tf.float32)
     names = tf.constant(list(classes))
     num_classes = len(classes)
+    if logit_offsets is not None and len(logit_offsets) != num_classes:
+        raise ValueError(f"{len(logit_offsets)} logit offsets for {num_classes} classes")
+    offsets = tf.constant(np.zeros(num_classes) if logit_offsets is None else logit_offsets, tf.float32)
 
     def logits_of(images):
-        return tf.cast(model(images - mean, training=False), tf.float32)
+        return tf.cast(model(images - mean, training=False), tf.float32) + offsets
 
     def one_image(data):
         with tf.control_dependencies([_check_pixels(declared_size(data), max_pixels, "header")]):
@@ -145,6 +158,7 @@ def export_saved_model(
         archive.write_out(tmp, verbose=False)
         # for mcof_tf.predict; TF Serving ignores it
         fileio.write_text_atomic(os.path.join(tmp, CLASSES_FILE), "".join(f"{c}\n" for c in classes))
+        write_json_atomic(os.path.join(tmp, OFFSETS_FILE), [float(o) for o in offsets.numpy()])
         # TF Serving polls the folder: it must never see a half-written version
         fileio.move_folder(tmp, out, last="saved_model.pb")
     log.info(f"exported {model_file} → {out}")
@@ -155,7 +169,7 @@ def main(argv=None) -> int:
     from mcof_tf.config import InputConfig
     from mcof_tf.data.voc import VOC_CLASSES, DatasetError, read_classes
     from mcof_tf.fileio import writable_dir
-    from mcof_tf.training import model_file
+    from mcof_tf.training import model_file, recorded_prior_offsets
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -166,6 +180,14 @@ def main(argv=None) -> int:
     p.add_argument("--mean-rgb", default=",".join(str(v) for v in InputConfig().mean_rgb))
     p.add_argument("--max-side", type=int, default=MAX_SIDE)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
+    p.add_argument(
+        "--prior-correction",
+        type=float,
+        default=0.0,
+        metavar="STRENGTH",
+        help="undo this share (0..1) of the class-balanced loss's lean, from the train.json beside the "
+        "checkpoint (the loop exports with labels.prediction_correction, 0.5); default 0: raw logits",
+    )
     log_setup.add_verbose_flag(p)
     a = p.parse_args(argv)
     log_setup.setup(a.verbose)
@@ -175,8 +197,11 @@ def main(argv=None) -> int:
         mean = [float(x) for x in a.mean_rgb.split(",")]
         if len(mean) != 3:
             raise ValueError("--mean-rgb needs three values")
+        if not 0.0 <= a.prior_correction <= 1.0:
+            raise ValueError(f"--prior-correction: expected a number in [0, 1], got {a.prior_correction}")
+        offsets = recorded_prior_offsets(path, a.prior_correction) if a.prior_correction else None
         writable_dir(a.out)
-        export_saved_model(path, a.out, classes, mean, a.max_side, a.max_pixels)
+        export_saved_model(path, a.out, classes, mean, a.max_side, a.max_pixels, offsets)
     except (DatasetError, ValueError, OSError) as e:  # FileNotFoundError: no model; ValueError: class count
         print(f"error: {e}", file=sys.stderr)
         return 2

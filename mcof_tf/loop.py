@@ -126,7 +126,7 @@ def relabel_records(
     iteration: int,
     refine: bool = False,
     use_tags: bool = True,
-    prior_correction: bool = False,
+    prior_correction: float = 0.0,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -156,6 +156,23 @@ def corrects(prior_correction: str, network: str, t: int) -> bool:
     return (prior_correction == "all" and t > 0) or (prior_correction == "first_regionnet" and t == 0)
 
 
+def validate(run: Run, pixelnet: str, val_records: str, folder: str, classes: list, iteration: int) -> str:
+    """PixelNet's predictions on the validation split, as it predicts once exported: without tags, with
+    labels.prediction_correction of its loss's lean undone."""
+    strength = run.cfg.labels.prediction_correction
+    return relabel_records(
+        run,
+        "pixelnet",
+        pixelnet,
+        val_records,
+        folder,
+        classes,
+        iteration,
+        use_tags=False,
+        prior_correction=strength,
+    )
+
+
 def mcof(run: Run, iterations: int) -> str:
     """Algorithm 1. Returns the folder of the last PixelNet."""
     train_records, manifest = preprocess_split(run, run.cfg.data.train_split)
@@ -166,7 +183,7 @@ def mcof(run: Run, iterations: int) -> str:
     if run.variant == "fully_supervised":  # the upper bound: PixelNet on ground-truth masks
         gt = relabel_records(run, "groundtruth", None, train_records, "groundtruth", classes, 0)
         pixelnet = train_network(run, "pixelnet", gt, "iter1/pixelnet", C)
-        relabel_records(run, "pixelnet", pixelnet, val_records, "iter1/val", classes, 1, use_tags=False)
+        validate(run, pixelnet, val_records, "iter1/val", classes, 1)
         return pixelnet
 
     # Initialize: initial object seeds S from CAM (§4.1)
@@ -208,7 +225,7 @@ def mcof(run: Run, iterations: int) -> str:
             t + 1,
             prior_correction=corrects(prior, "pixelnet", t),
         )  # 10-11: S <- M
-        relabel_records(run, "pixelnet", pixelnet, val_records, f"{it}/val", classes, t + 1, use_tags=False)
+        validate(run, pixelnet, val_records, f"{it}/val", classes, t + 1)
     return pixelnet
 
 
@@ -275,14 +292,18 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
 
     marker = run.path("export.json")
     model = os.path.join(pixelnet, training.MODEL_FILE)
+    strength = run.cfg.labels.prediction_correction  # as validation measured it
+    offsets = training.recorded_prior_offsets(model, strength) if strength else None
+    offsets = None if offsets is None else [round(float(o), 6) for o in offsets]
     done = read_json(marker) or {}
-    if done.get("model") == file_digest(model) and fileio.exists(
+    if (done.get("model"), done.get("logit_offsets")) == (file_digest(model), offsets) and fileio.exists(
         os.path.join(done.get("path", ""), "saved_model.pb")
     ):
         return done["path"]
     if done:  # another PixelNet than the one exported before (more iterations): a new version
         log.info(
-            f"exporting {pixelnet} as a new version (the last export, {done.get('path')}, is another model)"
+            f"exporting {pixelnet} as a new version (the last export, {done.get('path')}, is another model "
+            "or prior correction)"
         )
     name = run.cfg.experiment.name + ("" if run.variant == "mcof" else f"-{run.variant}")
     path = export_saved_model(
@@ -290,8 +311,11 @@ def export_final(run: Run, pixelnet: str, classes: list) -> str:
         os.path.join(run.workdir if fileio.is_remote(run.workdir) else "", "saved_models", name),
         classes,
         run.cfg.input.mean_rgb,
+        logit_offsets=offsets,
     )
-    write_json_atomic(marker, {"path": path, "model": file_digest(model), "pixelnet": pixelnet})
+    write_json_atomic(
+        marker, {"path": path, "model": file_digest(model), "pixelnet": pixelnet, "logit_offsets": offsets}
+    )
     return path
 
 

@@ -610,6 +610,19 @@ def prior_offsets(shares: Sequence[float], class_balance: float) -> np.ndarray:
     return (class_balance * np.log(np.maximum(shares, floor))).astype(np.float32)
 
 
+def recorded_prior_offsets(model_path: str, strength: float = 1.0) -> np.ndarray:
+    """`strength` (0..1) x `prior_offsets` of the class shares and class balance recorded beside the
+    model (its train.json): 1 undoes the whole lean of its class-balanced loss, 0.5 half of it."""
+    folder = os.path.dirname(model_path)
+    record = read_json(f"{folder}/train.json") or {}
+    if record.get("label_shares") is None:
+        raise ValueError(
+            f"{folder}/train.json records no label_shares (trained by an older mcof_tf); retrain it or "
+            "relabel / export without the prior correction"
+        )
+    return strength * prior_offsets(record["label_shares"], record.get("class_balance", 0.0))
+
+
 def regions_over_the_limit(records: str, cfg: Config) -> int:
     """RegionNet classifies superpixels 0..model.max_regions-1 of each training image: count (and say)
     the images with more, whose other superpixels it does not learn from (relabelling covers them all)."""

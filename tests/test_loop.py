@@ -83,21 +83,29 @@ def test_report_has_every_stage_of_table_3(finished):
 def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
     """labels.prior_correction: PixelNet's training-set labels and those of RegionNets after the first
     undo their network's class balance, from the label shares recorded with each network; the first
-    RegionNet (partial seeds) and validation are left as they are."""
+    RegionNet (partial seeds) is left as it is; validation and the export undo
+    labels.prediction_correction (a half) of PixelNet's."""
     cfg, base, rep = finished
     work = base / "work"
 
     def offsets(folder):
         return json.load(open(work / folder / "manifest.json"))["prior_offsets"]
 
-    assert offsets("iter1/regions") is None and offsets("iter1/val") is None and offsets("iter2/val") is None
-    for folder, network in (("iter1/masks", "iter1/pixelnet"), ("iter2/regions", "iter2/regionnet")):
+    assert offsets("iter1/regions") is None and cfg.labels.prediction_correction == 0.5
+    exported = json.load(open(base / rep["export"] / "logit_offsets.json"))
+    for folder, network, strength in (
+        ("iter1/masks", "iter1/pixelnet", 1.0),
+        ("iter2/regions", "iter2/regionnet", 1.0),
+        ("iter1/val", "iter1/pixelnet", 0.5),
+        ("iter2/val", "iter2/pixelnet", 0.5),
+    ):
         done = json.load(open(work / network / "train.json"))
         shares = done["label_shares"]
         assert abs(sum(shares) - 1) < 1e-6 and len(shares) == len(offsets(folder)) == 7
         floor = min(s for s in shares if s > 0)
-        expected = [cfg.train.class_balance * math.log(max(s, floor)) for s in shares]
+        expected = [strength * cfg.train.class_balance * math.log(max(s, floor)) for s in shares]
         assert offsets(folder) == pytest.approx(expected, abs=1e-5)
+    assert exported == pytest.approx(offsets("iter2/val"), abs=1e-5)  # serves as validation measured
     assert json.load(open(work / "cam" / "train.json"))["label_shares"] is None
 
 

@@ -148,9 +148,12 @@ def test_prior_correction_reads_the_models_label_shares(base, tmp_path):
     (folder / "train.json").write_text(json.dumps({"label_shares": shares, "class_balance": 1.0}))
     plain, background = run("plain", False)
     corrected, background_corrected = run("corrected", True)
+    half, background_half = run("half", 0.5)  # a strength: labels.prediction_correction
     assert plain["prior_offsets"] is None
     assert corrected["prior_offsets"] == pytest.approx(np.log(shares), abs=1e-5)
+    assert half["prior_offsets"] == pytest.approx(0.5 * np.log(shares), abs=1e-5)
     assert background_corrected > background and background_corrected > 0.99
+    assert background <= background_half <= background_corrected
     with pytest.raises(ValueError, match="regionnet and pixelnet"):
         relabel.run(
             recs,

@@ -71,6 +71,35 @@ def test_export_writes_numbered_versions_with_class_names(exported):
     assert not [d for d in os.listdir(os.path.dirname(exported["v1"])) if d.endswith(".tmp")]
 
 
+def test_export_adds_the_prior_correction_to_every_endpoints_logits(exported, tmp_path):
+    """A prior correction is part of the served model: predict_logits returns the offset logits, and a
+    class pushed far down is never chosen by serving_default; the offsets are recorded beside it."""
+    import json
+
+    import tensorflow as tf
+
+    offsets = [0.0, -1e4, 0.5]  # the tiny model's logits reach hundreds
+    raw = tf.saved_model.load(exported["v1"])
+    moved_dir = export.export_saved_model(
+        exported["keras"], str(tmp_path / "m"), CLASSES, MEAN, logit_offsets=offsets
+    )
+    moved = tf.saved_model.load(moved_dir)
+    image = np.zeros((1, 64, 64, 3), np.float32)
+    image[0, 16:48, 16:48] = 255.0
+    a = raw.signatures["predict_logits"](images=tf.constant(image))["logits"].numpy()
+    b = moved.signatures["predict_logits"](images=tf.constant(image))["logits"].numpy()
+    np.testing.assert_allclose(b - a, np.broadcast_to(offsets, a.shape), atol=1e-2)
+    assert (a.argmax(-1) == 1).any()  # the raw model finds the square
+    png = moved.signatures["serving_default"](
+        images=tf.constant([tf.io.encode_png(image[0].astype(np.uint8)).numpy()])
+    )
+    served = tf.io.decode_png(png["label_png_bytes"][0]).numpy()
+    assert not (served == 1).any(), np.unique(served, return_counts=True)
+    assert json.loads(open(os.path.join(moved_dir, export.OFFSETS_FILE)).read()) == offsets
+    with pytest.raises(ValueError, match="2 logit offsets for 3 classes"):
+        export.export_saved_model(exported["keras"], str(tmp_path / "x"), CLASSES, MEAN, logit_offsets=[0, 1])
+
+
 def test_export_refuses_class_names_that_do_not_match_the_model(exported, tmp_path, capsys):
     with pytest.raises(ValueError, match="predicts 3 classes but 2"):
         export.export_saved_model(exported["keras"], str(tmp_path / "m"), CLASSES[:2], MEAN)
