@@ -43,9 +43,8 @@ log = logging.getLogger(__name__)
 
 MAX_SIDE = 1024  # the network's input is scaled down to this longer side
 CLASSES_FILE = "classes.txt"  # the class names, one per line, next to saved_model.pb
-OFFSETS_FILE = (
-    "logit_offsets.json"  # what the graph adds to the logits (the prior correction), for the record
-)
+# what the graph adds to the logits (the prior correction), for the record
+OFFSETS_FILE = "logit_offsets.json"
 
 
 def next_version_dir(base: str) -> str:
