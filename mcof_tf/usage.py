@@ -40,6 +40,9 @@ def reset_peak() -> bool:
     return _reset_worked
 
 
+X86 = ("x86_64", "amd64", "i686", "x86")  # platform.machine(), lower case, of the CPUs oneDNN is for
+
+
 def use_onednn() -> None:
     """Turn TensorFlow's oneDNN CPU kernels on for every x86 CPU. Call before TensorFlow is imported.
 
@@ -47,7 +50,7 @@ def use_onednn() -> None:
     EPYC with AVX2 only) it runs its Eigen kernels, and the default config's PixelNet training step
     took 0.585 s instead of 0.250 s (`python -m mcof_tf.bench train`, same machine). A user's own
     TF_ENABLE_ONEDNN_OPTS (0 for bit-for-bit Eigen results) is kept."""
-    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+    if platform.machine().lower() in X86:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 

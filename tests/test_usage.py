@@ -75,7 +75,7 @@ def test_the_projects_commands_start_tensorflow_with_onednn_chosen():
     code = "import sys; sys.argv = ['-m']; import mcof_tf, os; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+    x86 = platform.machine().lower() in usage.X86
     assert r.stdout.split()[-1] == ("1" if x86 else "None"), r.stdout
 
 
