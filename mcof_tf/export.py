@@ -196,8 +196,6 @@ def main(argv=None) -> int:
         mean = [float(x) for x in a.mean_rgb.split(",")]
         if len(mean) != 3:
             raise ValueError("--mean-rgb needs three values")
-        if not 0.0 <= a.prior_correction <= 1.0:
-            raise ValueError(f"--prior-correction: expected a number in [0, 1], got {a.prior_correction}")
         offsets = recorded_prior_offsets(path, a.prior_correction) if a.prior_correction else None
         writable_dir(a.out)
         export_saved_model(path, a.out, classes, mean, a.max_side, a.max_pixels, offsets)

@@ -613,6 +613,8 @@ def prior_offsets(shares: Sequence[float], class_balance: float) -> np.ndarray:
 def recorded_prior_offsets(model_path: str, strength: float = 1.0) -> np.ndarray:
     """`strength` (0..1) x `prior_offsets` of the class shares and class balance recorded beside the
     model (its train.json): 1 undoes the whole lean of its class-balanced loss, 0.5 half of it."""
+    if not 0.0 <= strength <= 1.0:  # every caller's check: the loop, relabel and export CLIs
+        raise ValueError(f"prior correction strength: expected a number in [0, 1], got {strength}")
     folder = os.path.dirname(model_path)
     record = read_json(f"{folder}/train.json") or {}
     if record.get("label_shares") is None:

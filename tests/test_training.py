@@ -228,6 +228,19 @@ def test_prior_offsets_undo_a_class_balanced_shift():
     np.testing.assert_allclose(training.prior_offsets(shares, 0.0), 0.0)
 
 
+def test_recorded_prior_offsets_scale_the_recorded_shares(tmp_path):
+    import json
+
+    (tmp_path / "train.json").write_text(json.dumps({"label_shares": [0.8, 0.2], "class_balance": 0.5}))
+    model = str(tmp_path / "model.keras")
+    full = training.recorded_prior_offsets(model)
+    np.testing.assert_allclose(full, 0.5 * np.log([0.8, 0.2]), rtol=1e-6)
+    np.testing.assert_allclose(training.recorded_prior_offsets(model, 0.5), full / 2, rtol=1e-6)
+    for strength in (-0.1, 1.5):  # the one check behind the config, relabel and export
+        with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+            training.recorded_prior_offsets(model, strength)
+
+
 def test_a_training_step_is_traced_once(labelled_records, tiny_cfg, tmp_path):
     """The optimizer's slots and the metrics' counts exist before the first step: a tf.function whose
     first trace creates variables is traced a second time, which doubled every stage's start-up."""
