@@ -65,7 +65,6 @@ def test_onednn_is_turned_on_for_x86_cpus_unless_the_user_chose(monkeypatch):
         assert os.environ.get("TF_ENABLE_ONEDNN_OPTS") == expected, machine
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/environ")
 def test_the_projects_commands_start_tensorflow_with_onednn_chosen():
     import platform
     import subprocess
