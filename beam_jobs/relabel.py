@@ -314,6 +314,11 @@ def labels_of(rec):
     return None if rec.superpixel_labels is None else paint(rec.superpixel_labels, rec.superpixels)
 
 
+# labels.* keys that choose what the loop asks of each relabel job, not how a job labels: a job's own
+# arguments (refine, prior_correction) say that, so changing them does not redo unaffected stages
+LOOP_CHOICES = ("prior_correction", "prediction_correction", "refine_every_iteration")
+
+
 def run(
     records: str,
     model: Optional[str],
@@ -357,12 +362,8 @@ def run(
             "iteration": iteration,
             "refine": refine,
             "use_tags": use_tags,
-            # the labels rules; the prior corrections (a loop's choice per stage) are in prior_offsets
-            "labels": {
-                k: v
-                for k, v in asdict(cfg.labels).items()
-                if k not in ("prior_correction", "prediction_correction")
-            },
+            # the labels rules; the loop's choices per stage are in refine and prior_offsets
+            "labels": {k: v for k, v in asdict(cfg.labels).items() if k not in LOOP_CHOICES},
             "seeds": asdict(cfg.seeds),
             "num_classes": num_classes,
             "mean_rgb": list(cfg.input.mean_rgb),  # the model's input normalisation

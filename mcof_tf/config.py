@@ -109,6 +109,11 @@ class LabelsConfig:
     # With "restrict": a tagged class that wins nowhere in its image keeps the elements where it is
     # the likeliest object class at >= half its peak, so no tagged class vanishes from its images.
     keep_tags: bool = True
+    # refine_every_iteration: RegionNet's regions get the saliency-guided refinement (eq. 2 + CRF,
+    # single-tag images) at every iteration, not only the first (Algorithm 1, lines 4-8). A deviation
+    # from the paper: later RegionNets still spill objects into the background that saliency cuts back
+    # (README, "Refinement at every iteration").
+    refine_every_iteration: bool = False
     # PixelNet's training-set masks, which become the next iteration's seeds (Algorithm 1, lines 10-11):
     # crf: refined by a dense CRF over PixelNet's tag-restricted probabilities (DeepLab's post-processing;
     # PixelNet's own masks are smooth blobs that spill over object edges).
@@ -122,7 +127,9 @@ class LabelsConfig:
     # "none"; "pixelnet": PixelNet's training-set masks; "all": those and the RegionNets' after the
     # first (which learns from partial seeds, whose class shares are not the objects'); "first_regionnet":
     # PixelNet's masks and the first RegionNet's regions, with the seeds' shares as the prior (where seeds
-    # cover as much of the objects as of the background, e.g. small objects, they are the right one).
+    # cover as much of the objects as of the background, e.g. small objects, they are the right one);
+    # "every": every network's labels (the first RegionNet's as in "first_regionnet", later ones as in
+    # "all"), so no stage can grow a class its labels over-represent (README, "A class that floods").
     prior_correction: str = "none"
     # prediction_correction: the share (0..1) of PixelNet's class-balanced lean that its predictions
     # undo: validation in the loop, the exported SavedModel (so `predict` and TF Serving too). The
@@ -232,7 +239,7 @@ _CHOICES = {
     "saliency.method": ("auto", "dataset", "geodesic"),
     "model.backbone": ("vgg16", "vgg16_small", "resnet101"),
     "labels.tag_rule": ("restrict", "background"),
-    "labels.prior_correction": ("none", "pixelnet", "all", "first_regionnet"),
+    "labels.prior_correction": ("none", "pixelnet", "all", "first_regionnet", "every"),
     "data.synthetic.backgrounds": ("photos", "grey"),
     "train.mixed_precision": POLICIES,
 }

@@ -153,7 +153,8 @@ def corrects(prior_correction: str, network: str, t: int) -> bool:
     class-balanced loss's lean, under `labels.prior_correction` (see config.py)."""
     if network == "pixelnet":
         return prior_correction != "none"
-    return (prior_correction == "all" and t > 0) or (prior_correction == "first_regionnet" and t == 0)
+    first = t == 0  # the first RegionNet learns from seeds; later ones from PixelNet's dense masks
+    return prior_correction == "every" or prior_correction == ("first_regionnet" if first else "all")
 
 
 def validate(run: Run, pixelnet: str, val_records: str, folder: str, classes: list, iteration: int) -> str:
@@ -199,8 +200,9 @@ def mcof(run: Run, iterations: int) -> str:
         else:
             # 2: train RegionNet with R and S;  3: predict object regions O
             regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet)
-            refine = t == 0 and run.variant != "no_saliency"
-            # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O
+            refine = (t == 0 or run.cfg.labels.refine_every_iteration) and run.variant != "no_saliency"
+            # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O (unless
+            # labels.refine_every_iteration)
             regions = relabel_records(
                 run,
                 "regionnet",

@@ -116,6 +116,7 @@ def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
         ("pixelnet", ["pixelnet0", "pixelnet1", "pixelnet2"]),
         ("all", ["regionnet1", "regionnet2", "pixelnet0", "pixelnet1", "pixelnet2"]),
         ("first_regionnet", ["regionnet0", "pixelnet0", "pixelnet1", "pixelnet2"]),
+        ("every", ["regionnet0", "regionnet1", "regionnet2", "pixelnet0", "pixelnet1", "pixelnet2"]),
     ],
 )
 def test_which_networks_labels_are_prior_corrected(prior, corrected):
@@ -322,3 +323,32 @@ def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
     cfg.train.pixelnet.learning_rate *= 2
     later = training.training_inputs("pixelnet", records, cfg, 7)
     assert training.stale_reason(str(tmp_path), later) == "its config changed"
+
+
+@pytest.mark.parametrize("every, variant", [(False, "mcof"), (True, "mcof"), (True, "no_saliency")])
+def test_which_iterations_refine_regions(every, variant, monkeypatch):
+    """Algorithm 1 refines RegionNet's regions at iteration 1 only; labels.refine_every_iteration at
+    every iteration; the no-saliency ablation never (its point)."""
+    calls = []
+    monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
+    monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None: folder)
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: None)
+    monkeypatch.setattr(
+        loop,
+        "relabel_records",
+        lambda run, stage, m, r, folder, c, t, refine=False, **k: calls.append((folder, refine)),
+    )
+    cfg = load_config("synthetic", [f"labels.refine_every_iteration={str(every).lower()}"])
+    loop.mcof(loop.Run(cfg, "w", "d", variant), 3)
+    refined = [f for f, refine in calls if refine]
+    expected = (
+        []
+        if variant == "no_saliency"
+        else ["iter1/regions", "iter2/regions", "iter3/regions"][: 3 if every else 1]
+    )
+    assert refined == expected
+    assert [f for f, _ in calls if f.endswith("/regions")] == [
+        "iter1/regions",
+        "iter2/regions",
+        "iter3/regions",
+    ]

@@ -215,3 +215,22 @@ def test_cli_with_two_worker_processes(base, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.load(open(out / "manifest.json"))
     assert m["read"] == m["written"] == 8 and "pixelnet" in m["metrics"] and len(m["shards"]) == 2
+
+
+def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(base, tmp_path):
+    """labels.prior_correction / prediction_correction / refine_every_iteration choose the job's own
+    arguments (which are in its fingerprint): changing them must not redo a stage they did not change;
+    changing a rule of how labels are made (labels.min_confidence) must."""
+    import dataclasses
+
+    cfg = base[0]
+    out = tmp_path / "seeds"
+    first = _run(base, "cam", out, iteration=0)
+    choices = dataclasses.replace(
+        cfg.labels, prior_correction="every", prediction_correction=1.0, refine_every_iteration=True
+    )
+    again = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=choices), iteration=0)
+    assert again["fingerprint"] == first["fingerprint"]
+    rule = dataclasses.replace(cfg.labels, min_confidence=0.5)
+    redone = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=rule), iteration=0)
+    assert redone["fingerprint"] != first["fingerprint"]
