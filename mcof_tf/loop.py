@@ -153,8 +153,9 @@ def corrects(prior_correction: str, network: str, t: int) -> bool:
     class-balanced loss's lean, under `labels.prior_correction` (see config.py)."""
     if network == "pixelnet":
         return prior_correction != "none"
-    first = t == 0  # the first RegionNet learns from seeds; later ones from PixelNet's dense masks
-    return prior_correction == "every" or prior_correction == ("first_regionnet" if first else "all")
+    if t == 0:  # the first RegionNet learns from seeds; later ones from PixelNet's dense masks
+        return prior_correction in ("first_regionnet", "every")
+    return prior_correction in ("all", "every")
 
 
 def validate(run: Run, pixelnet: str, val_records: str, folder: str, classes: list, iteration: int) -> str:

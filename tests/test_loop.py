@@ -340,15 +340,7 @@ def test_which_iterations_refine_regions(every, variant, monkeypatch):
     )
     cfg = load_config("synthetic", [f"labels.refine_every_iteration={str(every).lower()}"])
     loop.mcof(loop.Run(cfg, "w", "d", variant), 3)
-    refined = [f for f, refine in calls if refine]
-    expected = (
-        []
-        if variant == "no_saliency"
-        else ["iter1/regions", "iter2/regions", "iter3/regions"][: 3 if every else 1]
-    )
-    assert refined == expected
-    assert [f for f, _ in calls if f.endswith("/regions")] == [
-        "iter1/regions",
-        "iter2/regions",
-        "iter3/regions",
-    ]
+    regions = ["iter1/regions", "iter2/regions", "iter3/regions"]
+    assert [f for f, _ in calls if f.endswith("/regions")] == regions
+    expected = [] if variant == "no_saliency" else regions if every else regions[:1]
+    assert [f for f, refine in calls if refine] == expected
