@@ -2,7 +2,7 @@
 
     python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
                                 --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
-                                [Beam options]
+                                [--prior-correction [S]] [--saliency-background TAU] [Beam options]
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
@@ -18,6 +18,11 @@ Stages (the rule applied to each image's prediction):
 class_balance * log(share) of the classes in the labels it was trained on (its train.json), so that its
 labels keep those shares instead of the class-balanced loss's shift towards rare classes (see
 `mcof_tf.training.prior_offsets`); the loop's validation uses labels.prediction_correction (0.5).
+
+--saliency-background TAU (regionnet, pixelnet, training images): object labels on pixels whose saliency
+is below TAU (0..1) become background in the labels written for the next stage (config
+labels.saliency_background; `mcof_tf.method.labels.saliency_background`), evaluated as "regions" /
+"masks".
 
 The network runs under `RunInference` (`NetworkHandler`: the model, `DIR/model.keras` or a `.keras`
 path, is loaded once per worker process); `LabelRules` turns its scores into labels. Where records
@@ -185,6 +190,7 @@ class LabelRules(beam.DoFn):
         label_rules: Optional[dict] = None,
         prior_offsets: Optional[Sequence[float]] = None,
         progress: Optional[common.Progress] = None,
+        saliency_background: float = 0.0,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -195,6 +201,7 @@ class LabelRules(beam.DoFn):
         self.label_rules = dict(label_rules or {})  # config `labels`: tag_rule, keep_tags, crf, ...
         # added to the network's logits before any rule (None: none); see --prior-correction
         self.prior_offsets = None if prior_offsets is None else np.asarray(prior_offsets, np.float32)
+        self.saliency_background = saliency_background  # see --saliency-background
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
@@ -273,6 +280,10 @@ class LabelRules(beam.DoFn):
                 rec.superpixel_labels, rec.label_stage = region, "regionnet"
             if self.refine:
                 produced["refined"] = rec.labels if rec.labels is not None else pixels
+            if self.saliency_background > 0 and self.use_tags:
+                labels = rec.labels if rec.labels is not None else pixels
+                rec.superpixel_labels = None  # the guard works on pixels, so the regions become a pixel map
+                rec.labels = produced["regions"] = self._guard(rec, labels)
             return rec, produced
         # pixelnet
         from mcof_tf.method.labels import leave_unsure
@@ -289,10 +300,18 @@ class LabelRules(beam.DoFn):
         min_confidence = self.label_rules.get("min_confidence", 0.0)
         if not self.use_tags:  # validation: the labels stay the network's own prediction
             mask = raw
-        elif min_confidence > 0:  # what the next iteration learns from (Algorithm 1, line 10)
-            mask = produced["masks"] = leave_unsure(mask, probs, min_confidence)
+        else:  # what the next iteration learns from (Algorithm 1, line 10)
+            if min_confidence > 0:
+                mask = produced["masks"] = leave_unsure(mask, probs, min_confidence)
+            if self.saliency_background > 0:
+                mask = produced["masks"] = self._guard(rec, mask)
         rec.labels, rec.label_stage = mask, ("pixelnet" if mask is raw else "masks")
         return rec, produced
+
+    def _guard(self, rec, labels):
+        from mcof_tf.method.labels import saliency_background
+
+        return saliency_background(labels, rec.saliency, self.saliency_background)
 
     def _tag_argmax(self, scores, tags):
         from mcof_tf.method.labels import tag_argmax
@@ -315,8 +334,9 @@ def labels_of(rec):
 
 
 # labels.* keys that choose what the loop asks of each relabel job, not how a job labels: a job's own
-# arguments (refine, prior_correction) say that, so changing them does not redo unaffected stages
-LOOP_CHOICES = ("prior_correction", "prediction_correction", "refine_every_iteration")
+# arguments (refine, prior_correction, saliency_background) say that, so changing them does not redo
+# unaffected stages
+LOOP_CHOICES = ("prior_correction", "prediction_correction", "refine_every_iteration", "saliency_background")
 
 
 def run(
@@ -332,6 +352,7 @@ def run(
     refine: bool = False,
     use_tags: bool = True,
     prior_correction: float = 0.0,
+    saliency_background: float = 0.0,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -343,6 +364,10 @@ def run(
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}")
     if stage != "groundtruth" and model is None:
         raise ValueError(f"--model is required for stage {stage}")
+    if not 0.0 <= saliency_background < 1.0:
+        raise ValueError(f"--saliency-background: expected a number in [0, 1), got {saliency_background}")
+    if saliency_background and stage not in ("regionnet", "pixelnet"):
+        raise ValueError(f"--saliency-background applies to the regionnet and pixelnet stages, not {stage}")
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
@@ -369,6 +394,8 @@ def run(
             "mean_rgb": list(cfg.input.mean_rgb),  # the model's input normalisation
             "max_regions": cfg.model.max_regions,  # RegionNet's chunking of superpixels
             "prior_offsets": fingerprint_offsets,
+            # only when on: a workdir labelled before the guard existed is not redone
+            **({"saliency_background": saliency_background} if saliency_background else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -392,6 +419,7 @@ def run(
             asdict(cfg.labels),
             offsets,
             common.Progress(f"relabel {stage}", common.expected_per_worker(pipeline_options, read)),
+            saliency_background,
         )
         scores = (
             beam.Map(parsed)
@@ -448,6 +476,7 @@ def run(
                 "refine": refine,
                 "use_tags": use_tags,
                 "prior_offsets": fingerprint_offsets,
+                "saliency_background": saliency_background,
                 "classes": list(classes),
                 "metrics": metrics,
                 "stats": stats,
@@ -498,6 +527,13 @@ def main(argv=None) -> int:
         help="undo the class-balanced loss's shift of the network's decisions (its train.json shares): "
         "all of it (no value, or 1), a part (e.g. 0.5: labels.prediction_correction), none (0, default)",
     )
+    parser.add_argument(
+        "--saliency-background",
+        type=float,
+        default=0.0,
+        metavar="TAU",
+        help="object labels on pixels of saliency below TAU (0..1) become background (default 0: off)",
+    )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
@@ -517,6 +553,7 @@ def main(argv=None) -> int:
             refine=args.refine,
             use_tags=not args.no_tags,
             prior_correction=args.prior_correction,
+            saliency_background=args.saliency_background,
         )
     except (
         ConfigError,

@@ -138,6 +138,12 @@ class LabelsConfig:
     # of it undone raised val mIoU on every run measured (README, "Predictions undo half the lean").
     # 0: the network's raw argmax.
     prediction_correction: float = 0.5
+    # saliency_background: object labels on pixels whose saliency is below it (0..1) become background in
+    # PixelNet's training-set masks, the next iteration's seeds (not in the no_saliency ablation). A
+    # deviation from Algorithm 1, which uses saliency at iteration 1 only: it keeps a class whose masks
+    # spread over its images' background from teaching the next RegionNet "this tag: everything is this
+    # class" (README, "A class that floods"). 0: off.
+    saliency_background: float = 0.0
 
 
 @dataclass
@@ -381,6 +387,10 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.labels.min_confidence < 1.0:
         raise ConfigError(
             f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}"
+        )
+    if not 0.0 <= cfg.labels.saliency_background < 1.0:
+        raise ConfigError(
+            f"labels.saliency_background: expected a number in [0, 1), got {cfg.labels.saliency_background!r}"
         )
     if not 0.0 <= cfg.labels.prediction_correction <= 1.0:
         raise ConfigError(

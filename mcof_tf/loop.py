@@ -127,6 +127,7 @@ def relabel_records(
     refine: bool = False,
     use_tags: bool = True,
     prior_correction: float = 0.0,
+    saliency_background: float = 0.0,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -141,6 +142,7 @@ def relabel_records(
         refine=refine,
         use_tags=use_tags,
         prior_correction=prior_correction,
+        saliency_background=saliency_background,
     )
     return os.path.join(out, "*.tfrecord")
 
@@ -194,6 +196,8 @@ def mcof(run: Run, iterations: int) -> str:
     pixelnet = regionnet = None
     # labels.prior_correction (see config.py): which networks' labels undo their loss's lean
     prior = run.cfg.labels.prior_correction
+    # labels.saliency_background: in PixelNet's masks, objects where saliency says background become it
+    guard = 0.0 if run.variant == "no_saliency" else run.cfg.labels.saliency_background
     for t in range(iterations):  # 1: while iteration is effective
         it = f"iter{t + 1}"
         if run.variant == "direct_iterative" and t > 0:
@@ -227,6 +231,7 @@ def mcof(run: Run, iterations: int) -> str:
             classes,
             t + 1,
             prior_correction=corrects(prior, "pixelnet", t),
+            saliency_background=guard,
         )  # 10-11: S <- M
         validate(run, pixelnet, val_records, f"{it}/val", classes, t + 1)
     return pixelnet

@@ -328,7 +328,8 @@ def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
 @pytest.mark.parametrize("every, variant", [(False, "mcof"), (True, "mcof"), (True, "no_saliency")])
 def test_which_iterations_refine_regions(every, variant, monkeypatch):
     """Algorithm 1 refines RegionNet's regions at iteration 1 only; labels.refine_every_iteration at
-    every iteration; the no-saliency ablation never (its point)."""
+    every iteration; the no-saliency ablation never (its point). labels.saliency_background guards
+    PixelNet's training-set masks (the next seeds) at every iteration, but not the no-saliency ablation's."""
     calls = []
     monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
     monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None: folder)
@@ -336,11 +337,18 @@ def test_which_iterations_refine_regions(every, variant, monkeypatch):
     monkeypatch.setattr(
         loop,
         "relabel_records",
-        lambda run, stage, m, r, folder, c, t, refine=False, **k: calls.append((folder, refine)),
+        lambda run, stage, m, r, folder, c, t, refine=False, saliency_background=0.0, **k: calls.append(
+            (folder, refine, saliency_background)
+        ),
     )
-    cfg = load_config("synthetic", [f"labels.refine_every_iteration={str(every).lower()}"])
+    cfg = load_config(
+        "synthetic", [f"labels.refine_every_iteration={str(every).lower()}", "labels.saliency_background=0.1"]
+    )
     loop.mcof(loop.Run(cfg, "w", "d", variant), 3)
     regions = ["iter1/regions", "iter2/regions", "iter3/regions"]
-    assert [f for f, _ in calls if f.endswith("/regions")] == regions
+    assert [f for f, _, _ in calls if f.endswith("/regions")] == regions
     expected = [] if variant == "no_saliency" else regions if every else regions[:1]
-    assert [f for f, refine in calls if refine] == expected
+    assert [f for f, refine, _ in calls if refine] == expected
+    guarded = [] if variant == "no_saliency" else [f"iter{t}/masks" for t in (1, 2, 3)]
+    assert [f for f, _, guard in calls if guard == 0.1] == guarded
+    assert all(guard == 0.0 for f, _, guard in calls if f not in guarded)  # seeds, regions

@@ -149,3 +149,13 @@ def test_leave_unsure_unlabels_low_confidence_pixels():
     probs = np.array([[0.1, 0.9, 0.0], [0.55, 0.45, 0.0], [0.2, 0.1, 0.7]])
     assert leave_unsure(labels, probs, 0.6).tolist() == [1, 255, 2]
     assert leave_unsure(labels, probs, 0.0).tolist() == [1, 0, 2]
+
+
+def test_saliency_background_turns_objects_on_non_salient_pixels_into_background():
+    from mcof_tf.method.labels import saliency_background
+
+    labels = np.array([[3, 3, 0], [3, 255, 5]], np.uint8)
+    saliency = np.array([[10, 200, 10], [25, 0, 26]], np.uint8)  # threshold 0.1 = 25.5 of 255
+    assert saliency_background(labels, saliency, 0.1).tolist() == [[0, 3, 0], [0, 255, 5]]
+    assert saliency_background(labels, saliency, 0.0).tolist() == labels.tolist()  # off
+    assert saliency_background(labels, saliency, 0.1).dtype == np.uint8

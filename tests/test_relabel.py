@@ -218,7 +218,8 @@ def test_cli_with_two_worker_processes(base, tmp_path):
 
 
 def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(base, tmp_path):
-    """labels.prior_correction / prediction_correction / refine_every_iteration choose the job's own
+    """labels.prior_correction / prediction_correction / refine_every_iteration / saliency_background
+    choose the job's own
     arguments (which are in its fingerprint): changing them must not redo a stage they did not change;
     changing a rule of how labels are made (labels.min_confidence) must."""
     import dataclasses
@@ -227,10 +228,49 @@ def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(bas
     out = tmp_path / "seeds"
     first = _run(base, "cam", out, iteration=0)
     choices = dataclasses.replace(
-        cfg.labels, prior_correction="every", prediction_correction=1.0, refine_every_iteration=True
+        cfg.labels,
+        prior_correction="every",
+        prediction_correction=1.0,
+        refine_every_iteration=True,
+        saliency_background=0.3,
     )
     again = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=choices), iteration=0)
     assert again["fingerprint"] == first["fingerprint"]
     rule = dataclasses.replace(cfg.labels, min_confidence=0.5)
     redone = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=rule), iteration=0)
     assert redone["fingerprint"] != first["fingerprint"]
+
+
+def test_saliency_background_guards_the_regions_and_masks_a_network_writes(base, tmp_path):
+    """With --saliency-background, every object label on a pixel of saliency below it becomes background
+    in what the job writes (RegionNet's regions as a pixel map, PixelNet's masks), the rest unchanged;
+    validation (no tags) is not guarded; the guard is in the fingerprint only when on."""
+    from mcof_tf.method.labels import paint
+
+    tau = 0.5
+    for stage in ("regionnet", "pixelnet"):
+        plain = _run(base, stage, tmp_path / f"{stage}-plain", iteration=2)
+        guarded = _run(base, stage, tmp_path / f"{stage}-guarded", iteration=2, saliency_background=tau)
+        assert plain["fingerprint"] != guarded["fingerprint"]
+        name = "regions" if stage == "regionnet" else "masks"
+        assert name in guarded["metrics"] and name not in plain["metrics"]
+        before = {r.id: r for r in records.read_records(str(tmp_path / f"{stage}-plain" / "*.tfrecord"))}
+        changed = 0
+        for r in records.read_records(str(tmp_path / f"{stage}-guarded" / "*.tfrecord")):
+            b = before[r.id]
+            old = b.labels if b.labels is not None else paint(b.superpixel_labels, b.superpixels)
+            low = r.saliency < tau * 255
+            expected = np.where(low & (old != 0) & (old != 255), 0, old)
+            assert r.labels is not None and np.array_equal(r.labels, expected)
+            changed += int((r.labels != old).sum())
+        assert changed > 0  # the untrained networks label some non-salient pixels as objects
+    val = _run(base, "pixelnet", tmp_path / "val", iteration=2, use_tags=False, saliency_background=tau)
+    unguarded = _run(base, "pixelnet", tmp_path / "val0", iteration=2, use_tags=False)
+    for a, b in zip(
+        records.read_records(str(tmp_path / "val" / "*.tfrecord")),
+        records.read_records(str(tmp_path / "val0" / "*.tfrecord")),
+    ):
+        assert a.id == b.id and np.array_equal(a.labels, b.labels)
+    assert "masks" not in val["metrics"] and "masks" not in unguarded["metrics"]
+    with pytest.raises(ValueError, match="saliency-background"):
+        _run(base, "cam", tmp_path / "cam", iteration=0, saliency_background=tau)

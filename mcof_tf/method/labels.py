@@ -59,6 +59,16 @@ def leave_unsure(labels: np.ndarray, probs: np.ndarray, min_confidence: float) -
     return np.where(np.asarray(probs).max(-1) >= min_confidence, labels, IGNORE_LABEL).astype(labels.dtype)
 
 
+def saliency_background(labels: np.ndarray, saliency: np.ndarray, threshold: float) -> np.ndarray:
+    """Object labels on pixels whose saliency (uint8, 0..255) is below `threshold` (0..1) become
+    background; background and unlabelled (255) stay. 0: the labels unchanged."""
+    if threshold <= 0:
+        return labels
+    low = np.asarray(saliency, np.float32) < threshold * 255.0
+    objects = (labels != 0) & (labels != IGNORE_LABEL)
+    return np.where(low & objects, 0, labels).astype(labels.dtype)
+
+
 def paint(region_labels: np.ndarray, superpixels: np.ndarray) -> np.ndarray:
     """Per-superpixel labels → pixel labels (uint8); pixels of no superpixel (-1) get 255."""
     out = np.full(superpixels.shape, IGNORE_LABEL, np.uint8)
