@@ -67,6 +67,13 @@ def test_prediction_correction_is_a_share(value):
     assert load_config("synthetic", ["labels.prediction_correction=1"]).labels.prediction_correction == 1.0
 
 
+@pytest.mark.parametrize("value", ["-0.1", "1.0"])
+def test_saliency_background_is_a_saliency_below_one(value):
+    with pytest.raises(ConfigError, match="labels.saliency_background"):
+        load_config("synthetic", [f"labels.saliency_background={value}"])
+    assert load_config("synthetic", ["labels.saliency_background=0.1"]).labels.saliency_background == 0.1
+
+
 def test_choice_fields_are_checked():
     with pytest.raises(ConfigError, match="saliency.method"):
         load_config("synthetic", ["saliency.method=magic"])
