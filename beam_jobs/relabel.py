@@ -19,10 +19,9 @@ class_balance * log(share) of the classes in the labels it was trained on (its t
 labels keep those shares instead of the class-balanced loss's shift towards rare classes (see
 `mcof_tf.training.prior_offsets`); the loop's validation uses labels.prediction_correction (0.5).
 
---saliency-background TAU (regionnet, pixelnet, training images): object labels on pixels whose saliency
-is below TAU (0..1) become background in the labels written for the next stage (config
-labels.saliency_background; `mcof_tf.method.labels.saliency_background`), evaluated as "regions" /
-"masks".
+--saliency-background TAU (pixelnet, training images): object labels on pixels whose saliency is below
+TAU (0..1) become background in the masks written for the next stage (config labels.saliency_background;
+`mcof_tf.method.labels.saliency_background`), evaluated as "masks".
 
 The network runs under `RunInference` (`NetworkHandler`: the model, `DIR/model.keras` or a `.keras`
 path, is loaded once per worker process); `LabelRules` turns its scores into labels. Where records
@@ -280,13 +279,9 @@ class LabelRules(beam.DoFn):
                 rec.superpixel_labels, rec.label_stage = region, "regionnet"
             if self.refine:
                 produced["refined"] = rec.labels if rec.labels is not None else pixels
-            if self.saliency_background > 0 and self.use_tags:
-                labels = rec.labels if rec.labels is not None else pixels
-                rec.superpixel_labels = None  # the guard works on pixels, so the regions become a pixel map
-                rec.labels = produced["regions"] = self._guard(rec, labels)
             return rec, produced
         # pixelnet
-        from mcof_tf.method.labels import leave_unsure
+        from mcof_tf.method.labels import leave_unsure, saliency_background
         from mcof_tf.method.refine import crf_probabilities, softmax
 
         probs = softmax(scores, enforce)
@@ -304,14 +299,9 @@ class LabelRules(beam.DoFn):
             if min_confidence > 0:
                 mask = produced["masks"] = leave_unsure(mask, probs, min_confidence)
             if self.saliency_background > 0:
-                mask = produced["masks"] = self._guard(rec, mask)
+                mask = produced["masks"] = saliency_background(mask, rec.saliency, self.saliency_background)
         rec.labels, rec.label_stage = mask, ("pixelnet" if mask is raw else "masks")
         return rec, produced
-
-    def _guard(self, rec, labels):
-        from mcof_tf.method.labels import saliency_background
-
-        return saliency_background(labels, rec.saliency, self.saliency_background)
 
     def _tag_argmax(self, scores, tags):
         from mcof_tf.method.labels import tag_argmax
@@ -366,8 +356,8 @@ def run(
         raise ValueError(f"--model is required for stage {stage}")
     if not 0.0 <= saliency_background < 1.0:
         raise ValueError(f"--saliency-background: expected a number in [0, 1), got {saliency_background}")
-    if saliency_background and stage not in ("regionnet", "pixelnet"):
-        raise ValueError(f"--saliency-background applies to the regionnet and pixelnet stages, not {stage}")
+    if saliency_background and stage != "pixelnet":
+        raise ValueError(f"--saliency-background applies to the pixelnet stage, not {stage}")
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None

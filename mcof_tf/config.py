@@ -142,7 +142,8 @@ class LabelsConfig:
     # PixelNet's training-set masks, the next iteration's seeds (not in the no_saliency ablation). A
     # deviation from Algorithm 1, which uses saliency at iteration 1 only: it keeps a class whose masks
     # spread over its images' background from teaching the next RegionNet "this tag: everything is this
-    # class" (README, "A class that floods"). 0: off.
+    # class". 0: off: small objects, 3 seeds, final val +0.72 +- 1.66 at 0.1, not beyond its std (README,
+    # "Saliency as a background cue in the masks").
     saliency_background: float = 0.0
 
 

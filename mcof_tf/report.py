@@ -47,10 +47,11 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
     for t in _iterations(workdir, last):
         add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
         add(f"iter{t}/regions", "refined", "refined", "train", t)
-        add(f"iter{t}/regions", "regions", "regions", "train", t)  # saliency-guarded, when on
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
         add(f"iter{t}/masks", "pixelnet_crf", "pixelnet_crf", "train", t)
-        add(f"iter{t}/masks", "masks", "masks", "train", t)  # the next seeds, when a confidence cut applies
+        add(
+            f"iter{t}/masks", "masks", "masks", "train", t
+        )  # the next seeds, when a confidence cut or guard applies
         add(f"iter{t}/val", "pixelnet", "pixelnet", "val", t)
         add(f"iter{t}/val", "pixelnet_crf", "pixelnet_crf", "val", t)
     return rows

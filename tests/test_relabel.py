@@ -241,29 +241,23 @@ def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(bas
     assert redone["fingerprint"] != first["fingerprint"]
 
 
-def test_saliency_background_guards_the_regions_and_masks_a_network_writes(base, tmp_path):
+def test_saliency_background_guards_the_masks_pixelnet_writes(base, tmp_path):
     """With --saliency-background, every object label on a pixel of saliency below it becomes background
-    in what the job writes (RegionNet's regions as a pixel map, PixelNet's masks), the rest unchanged;
-    validation (no tags) is not guarded; the guard is in the fingerprint only when on."""
-    from mcof_tf.method.labels import paint
-
+    in the masks the job writes, the rest unchanged; validation (no tags) is not guarded; the guard is
+    in the fingerprint only when on and applies to the pixelnet stage only."""
     tau = 0.5
-    for stage in ("regionnet", "pixelnet"):
-        plain = _run(base, stage, tmp_path / f"{stage}-plain", iteration=2)
-        guarded = _run(base, stage, tmp_path / f"{stage}-guarded", iteration=2, saliency_background=tau)
-        assert plain["fingerprint"] != guarded["fingerprint"]
-        name = "regions" if stage == "regionnet" else "masks"
-        assert name in guarded["metrics"] and name not in plain["metrics"]
-        before = {r.id: r for r in records.read_records(str(tmp_path / f"{stage}-plain" / "*.tfrecord"))}
-        changed = 0
-        for r in records.read_records(str(tmp_path / f"{stage}-guarded" / "*.tfrecord")):
-            b = before[r.id]
-            old = b.labels if b.labels is not None else paint(b.superpixel_labels, b.superpixels)
-            low = r.saliency < tau * 255
-            expected = np.where(low & (old != 0) & (old != 255), 0, old)
-            assert r.labels is not None and np.array_equal(r.labels, expected)
-            changed += int((r.labels != old).sum())
-        assert changed > 0  # the untrained networks label some non-salient pixels as objects
+    plain = _run(base, "pixelnet", tmp_path / "plain", iteration=2)
+    guarded = _run(base, "pixelnet", tmp_path / "guarded", iteration=2, saliency_background=tau)
+    assert plain["fingerprint"] != guarded["fingerprint"]
+    assert "masks" in guarded["metrics"] and "masks" not in plain["metrics"]
+    before = {r.id: r.labels for r in records.read_records(str(tmp_path / "plain" / "*.tfrecord"))}
+    changed = 0
+    for r in records.read_records(str(tmp_path / "guarded" / "*.tfrecord")):
+        old = before[r.id]
+        expected = np.where((r.saliency < tau * 255) & (old != 0) & (old != 255), 0, old)
+        assert r.label_stage == "masks" and np.array_equal(r.labels, expected)
+        changed += int((r.labels != old).sum())
+    assert changed > 0  # the untrained network labels some non-salient pixels as objects
     val = _run(base, "pixelnet", tmp_path / "val", iteration=2, use_tags=False, saliency_background=tau)
     unguarded = _run(base, "pixelnet", tmp_path / "val0", iteration=2, use_tags=False)
     for a, b in zip(
@@ -272,5 +266,6 @@ def test_saliency_background_guards_the_regions_and_masks_a_network_writes(base,
     ):
         assert a.id == b.id and np.array_equal(a.labels, b.labels)
     assert "masks" not in val["metrics"] and "masks" not in unguarded["metrics"]
-    with pytest.raises(ValueError, match="saliency-background"):
-        _run(base, "cam", tmp_path / "cam", iteration=0, saliency_background=tau)
+    for stage in ("cam", "regionnet"):
+        with pytest.raises(ValueError, match="saliency-background"):
+            _run(base, stage, tmp_path / stage, iteration=1, saliency_background=tau)
