@@ -49,9 +49,8 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
         add(f"iter{t}/regions", "refined", "refined", "train", t)
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
         add(f"iter{t}/masks", "pixelnet_crf", "pixelnet_crf", "train", t)
-        add(
-            f"iter{t}/masks", "masks", "masks", "train", t
-        )  # the next seeds, when a confidence cut or guard applies
+        # the next seeds, when a confidence cut (min_confidence) or saliency_background applies
+        add(f"iter{t}/masks", "masks", "masks", "train", t)
         add(f"iter{t}/val", "pixelnet", "pixelnet", "val", t)
         add(f"iter{t}/val", "pixelnet_crf", "pixelnet_crf", "val", t)
     return rows
