@@ -112,7 +112,8 @@ class LabelsConfig:
     # refine_every_iteration: RegionNet's regions get the saliency-guided refinement (eq. 2 + CRF,
     # single-tag images) at every iteration, not only the first (Algorithm 1, lines 4-8). A deviation
     # from the paper: later RegionNets still spill objects into the background that saliency cuts back
-    # (README, "A class that floods": small objects +2.80 +- 3.75 final val over 3 seeds, so off).
+    # (README, "A class that floods": final val over 3 seeds, small objects +2.80 +- 3.75, default
+    # preset +1.37 +- 2.11: not beyond its std, so off).
     refine_every_iteration: bool = False
     # PixelNet's training-set masks, which become the next iteration's seeds (Algorithm 1, lines 10-11):
     # crf: refined by a dense CRF over PixelNet's tag-restricted probabilities (DeepLab's post-processing;
