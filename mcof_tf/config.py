@@ -218,6 +218,12 @@ class TrainConfig:
     # Start RegionNet / PixelNet of iteration t+1 from those of iteration t (the paper restarts from
     # ImageNet weights; short from-scratch CPU schedules forget what the iteration before learnt).
     warm_start: bool = False
+    # Where a RegionNet's backbone starts. own: where the network itself starts (scratch / model.weights,
+    # or the previous RegionNet under warm_start). pixelnet: RegionNets after the first take the backbone
+    # of the PixelNet just trained, which learnt from every pixel of the masks they now classify by
+    # superpixel (the paper's networks all start from ImageNet features; from scratch, PixelNet's are the
+    # best the loop has: README, "The later RegionNets underfit on small objects").
+    regionnet_backbone: str = "own"
     cam: StageConfig = field(default_factory=StageConfig)
     regionnet: StageConfig = field(default_factory=StageConfig)
     pixelnet: StageConfig = field(default_factory=StageConfig)
@@ -251,6 +257,7 @@ _CHOICES = {
     "labels.prior_correction": ("none", "pixelnet", "all", "first_regionnet", "every"),
     "data.synthetic.backgrounds": ("photos", "grey"),
     "train.mixed_precision": POLICIES,
+    "train.regionnet_backbone": ("own", "pixelnet"),
 }
 
 

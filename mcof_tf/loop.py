@@ -97,21 +97,24 @@ def train_network(
     folder: str,
     num_classes: int,
     previous: Optional[str] = None,
+    backbone: Optional[str] = None,
 ) -> str:
     """Train unless `folder/model.keras` exists; returns the folder. With `train.warm_start`, the
-    network starts from `previous` (the same network of the iteration before) when there is one."""
+    network starts from `previous` (the same network of the iteration before) when there is one;
+    its backbone from `backbone` (another network's folder) when given."""
     out = run.path(folder)
     init = os.path.join(previous, training.MODEL_FILE) if previous and run.cfg.train.warm_start else None
+    backbone = os.path.join(backbone, training.MODEL_FILE) if backbone else None
     if fileio.exists(os.path.join(out, training.MODEL_FILE)):
         why = training.stale_reason(
-            out, training.training_inputs(network, records, run.cfg, num_classes, init)
+            out, training.training_inputs(network, records, run.cfg, num_classes, init, backbone)
         )
         if why is None:
             log.info(f"{folder}: trained already")
             training.ensure_label_shares(out, network, records, run.cfg, num_classes)
             return out
         log.info(f"redoing {folder}: {why}")  # the new model.keras replaces the old one when it is done
-    training.train(network, records, out, run.cfg, num_classes, init_from=init)
+    training.train(network, records, out, run.cfg, num_classes, init_from=init, backbone_from=backbone)
     fileio.rmtree(os.path.join(out, "backup"))
     return out
 
@@ -204,7 +207,9 @@ def mcof(run: Run, iterations: int) -> str:
             regions = seeds  # baseline: PixelNet retrained on its own masks
         else:
             # 2: train RegionNet with R and S;  3: predict object regions O
-            regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet)
+            # (train.regionnet_backbone: pixelnet: its backbone from the PixelNet just trained)
+            features = pixelnet if run.cfg.train.regionnet_backbone == "pixelnet" else None
+            regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet, features)
             refine = (t == 0 or run.cfg.labels.refine_every_iteration) and run.variant != "no_saliency"
             # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O (unless
             # labels.refine_every_iteration)

@@ -35,6 +35,7 @@ from mcof_tf.data.pipeline import dataset_from_config, plain
 from mcof_tf.data.records import MANIFEST, count_records, decode_example, superpixel_counts
 from mcof_tf.fileio import file_digest, read_json, write_json_atomic
 from mcof_tf.models import losses
+from mcof_tf.models.backbones import copy_shared_layers
 from mcof_tf.models.cam import CLASSIFIER as CAM_CLASSIFIER
 from mcof_tf.models.cam import build_cam
 from mcof_tf.models.deeplab import CLASSIFIER as PIXEL_CLASSIFIER
@@ -375,6 +376,7 @@ def train(
     steps_per_epoch: Optional[int] = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     init_from: Optional[str] = None,
+    backbone_from: Optional[str] = None,
     verbose=None,
 ) -> keras.Model:
     """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records`.
@@ -382,6 +384,8 @@ def train(
     Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
     saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
     `init_from`: a model.keras of the same network whose weights start the training (warm start).
+    `backbone_from`: a model.keras of another network on the same backbone (train.regionnet_backbone):
+    its backbone weights then replace those of the start.
     """
     started = usage.stage_clock()
     stage = getattr(cfg.train, network)
@@ -396,7 +400,7 @@ def train(
     # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
     keras.utils.set_random_seed(cfg.experiment.seed)
     backup = os.path.join(out_dir, "backup")
-    inputs = training_inputs(network, records, cfg, num_classes, init_from)
+    inputs = training_inputs(network, records, cfg, num_classes, init_from, backbone_from)
     recorded = read_json(os.path.join(out_dir, INPUTS_FILE))
     why = inputs_difference(recorded, inputs) if recorded is not None else None
     if why and fileio.isdir(backup):
@@ -412,6 +416,9 @@ def train(
     model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
     if init_from:  # (a resumed run's backup still takes precedence: BackupAndRestore loads it later)
         model.set_weights(load_model(init_from).get_weights())
+    if backbone_from:
+        n = copy_shared_layers(model, load_model(backbone_from))
+        log.info(f"train {network}: backbone ({n} layers) from {backbone_from}")
     callbacks = [
         # double_checkpoint: a kill while the backup is being written leaves the previous one usable
         keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
@@ -454,6 +461,7 @@ def train(
             "inputs": inputs,
             "images_over_max_regions": over,
             "warm_start": bool(init_from),
+            "backbone_from": backbone_from,
             "dtype_policy": model.dtype_policy.name,
             # what relabelling with labels.prior_correction needs (the classes' shares it learned from)
             "label_shares": None if network == "cam" else label_shares(network, records, cfg, num_classes),
@@ -538,7 +546,12 @@ EXECUTION_KEYS = ("devices", "mixed_precision")
 
 
 def training_inputs(
-    network: NetworkName, records: str, cfg: Config, num_classes: int, init_from: Optional[str] = None
+    network: NetworkName,
+    records: str,
+    cfg: Config,
+    num_classes: int,
+    init_from: Optional[str] = None,
+    backbone_from: Optional[str] = None,
 ) -> dict:
     """Everything a training stage's result depends on: the records (their folder's manifest
     fingerprint, else the shard files' sizes), the starting weights and the config sections that
@@ -550,11 +563,13 @@ def training_inputs(
     train = {
         k: v
         for k, v in asdict(cfg.train).items()
-        if k not in ("cam", "regionnet", "pixelnet", *EXECUTION_KEYS)
+        # regionnet_backbone only picks starting weights, which backbone_from below records
+        if k not in ("cam", "regionnet", "pixelnet", "regionnet_backbone", *EXECUTION_KEYS)
     }
     inputs = {
         "records": manifest.get("fingerprint") or shards,
         "init_from": file_digest(init_from) if init_from else None,
+        **({"backbone_from": file_digest(backbone_from)} if backbone_from else {}),
         "num_classes": num_classes,
         "config": {
             "model": asdict(cfg.model),
@@ -669,11 +684,12 @@ def inputs_difference(before: dict, inputs: dict) -> Optional[str]:
     """How a stage's recorded inputs differ from `inputs`, in words (None: they do not). Used for a
     finished stage (its train.json) and for a killed one's backup (its inputs.json) alike."""
     before, inputs = _comparable(before), _comparable(inputs)
-    for key in ("records", "init_from", "num_classes", "config"):
-        if before.get(key) != inputs[key]:
+    for key in ("records", "init_from", "backbone_from", "num_classes", "config"):
+        if before.get(key) != inputs.get(key):
             return {
                 "records": "its input records changed",
                 "init_from": "the network it starts from changed",
+                "backbone_from": "the network its backbone starts from changed",
                 "num_classes": "the number of classes changed",
                 "config": "its config changed",
             }[key]

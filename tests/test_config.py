@@ -77,6 +77,8 @@ def test_saliency_background_is_a_saliency_below_one(value):
 def test_choice_fields_are_checked():
     with pytest.raises(ConfigError, match="saliency.method"):
         load_config("synthetic", ["saliency.method=magic"])
+    with pytest.raises(ConfigError, match="train.regionnet_backbone"):
+        load_config("synthetic", ["train.regionnet_backbone=cam"])
 
 
 def test_unknown_key_in_a_file(tmp_path):

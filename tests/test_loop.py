@@ -325,6 +325,30 @@ def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
     assert training.stale_reason(str(tmp_path), later) == "its config changed"
 
 
+def test_a_regionnet_is_redone_when_the_network_its_backbone_came_from_changed(tmp_path):
+    """train.regionnet_backbone itself is not part of a stage's inputs (a RegionNet that takes no backbone,
+    the first, is reused when it changes); the file the backbone came from is."""
+    from mcof_tf import training
+
+    cfg = load_config("synthetic")
+    records = str(tmp_path / "*.tfrecord")
+    first = training.training_inputs("regionnet", records, cfg, 7)
+    (tmp_path / "train.json").write_text(json.dumps({"inputs": first}))
+    cfg.train.regionnet_backbone = "pixelnet"
+    assert (
+        training.stale_reason(str(tmp_path), training.training_inputs("regionnet", records, cfg, 7)) is None
+    )
+    pixelnet = tmp_path / "pixelnet.keras"
+    pixelnet.write_bytes(b"weights")
+    later = training.training_inputs("regionnet", records, cfg, 7, backbone_from=str(pixelnet))
+    assert training.stale_reason(str(tmp_path), later) == "the network its backbone starts from changed"
+    (tmp_path / "train.json").write_text(json.dumps({"inputs": later}))
+    assert training.stale_reason(str(tmp_path), later) is None
+    pixelnet.write_bytes(b"other weights")
+    again = training.training_inputs("regionnet", records, cfg, 7, backbone_from=str(pixelnet))
+    assert training.stale_reason(str(tmp_path), again) == "the network its backbone starts from changed"
+
+
 @pytest.mark.parametrize("every, variant", [(False, "mcof"), (True, "mcof"), (True, "no_saliency")])
 def test_which_iterations_refine_regions(every, variant, monkeypatch):
     """Algorithm 1 refines RegionNet's regions at iteration 1 only; labels.refine_every_iteration at
@@ -332,7 +356,7 @@ def test_which_iterations_refine_regions(every, variant, monkeypatch):
     PixelNet's training-set masks (the next seeds) at every iteration, but not the no-saliency ablation's."""
     calls = []
     monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
-    monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None: folder)
+    monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None, bb=None: folder)
     monkeypatch.setattr(loop, "validate", lambda *a, **k: None)
     monkeypatch.setattr(
         loop,
@@ -352,3 +376,26 @@ def test_which_iterations_refine_regions(every, variant, monkeypatch):
     guarded = [] if variant == "no_saliency" else [f"iter{t}/masks" for t in (1, 2, 3)]
     assert [f for f, _, guard in calls if guard == 0.1] == guarded
     assert all(guard == 0.0 for f, _, guard in calls if f not in guarded)  # seeds, regions
+
+
+@pytest.mark.parametrize("source", ["own", "pixelnet"])
+def test_where_the_regionnets_backbones_start(source, monkeypatch):
+    """train.regionnet_backbone: own: each RegionNet starts from the previous one only (warm_start);
+    pixelnet: RegionNets after the first also take the backbone of the PixelNet trained just before."""
+    trained = []
+
+    def train(run, net, rec, folder, C, prev=None, backbone=None):
+        trained.append((folder, prev, backbone))
+        return folder
+
+    monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
+    monkeypatch.setattr(loop, "train_network", train)
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: None)
+    monkeypatch.setattr(loop, "relabel_records", lambda *a, **k: "records")
+    cfg = load_config("synthetic", [f"train.regionnet_backbone={source}"])
+    loop.mcof(loop.Run(cfg, "w", "d", "mcof"), 3)
+    regionnets = [(prev, backbone) for folder, prev, backbone in trained if folder.endswith("/regionnet")]
+    previous = [None, "iter1/regionnet", "iter2/regionnet"]
+    backbones = [None, "iter1/pixelnet", "iter2/pixelnet"] if source == "pixelnet" else [None] * 3
+    assert regionnets == list(zip(previous, backbones))
+    assert [b for f, _, b in trained if not f.endswith("/regionnet")] == [None] * 4  # CAM, PixelNets

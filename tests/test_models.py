@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mcof_tf.models import losses
-from mcof_tf.models.backbones import load_backbone_weights
+from mcof_tf.models.backbones import copy_shared_layers, load_backbone_weights
 from mcof_tf.models.cam import CLASSIFIER, build_cam, cam_extractor, class_activation_maps
 from mcof_tf.models.deeplab import deeplab_largefov
 from mcof_tf.models.regionnet import MaskedRoIPooling, build_regionnet, region_labels
@@ -135,6 +135,25 @@ def _numpy_masked_roi(features, sp, r, k, s):
                     samples[i, j] = v if sp[b, iy, ix] == reg else 0.0
             out[b, reg] = samples.reshape(k, s, k, s, c).max(axis=(1, 3))
     return out
+
+
+def test_a_regionnet_takes_the_backbone_of_a_pixelnet_and_keeps_its_head():
+    """train.regionnet_backbone: pixelnet copies the shared backbone (13 convolutions + their batch
+    norms of the narrow VGG16) and nothing else; networks on different backbones share nothing."""
+    kw = {"backbone": "vgg16_small", "width": 0.125, "batch_norm": True}
+    keras.utils.set_random_seed(0)
+    pixelnet = deeplab_largefov(4, **kw)
+    regionnet = build_regionnet(4, **kw, max_regions=8, pool_size=2, fc_units=8)
+    head = [w.copy() for w in regionnet.get_layer("region_fc1").get_weights()]
+    assert copy_shared_layers(regionnet, pixelnet) == 26
+    for name in ("block1_conv1", "block3_conv2_bn", "block5_conv3"):
+        for a, b in zip(regionnet.get_layer(name).get_weights(), pixelnet.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(regionnet.get_layer("region_fc1").get_weights(), head):
+        np.testing.assert_array_equal(a, b)
+    full_width = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="share no layer"):  # the same names, other shapes
+        copy_shared_layers(regionnet, full_width)
 
 
 def test_masked_roi_pooling_matches_numpy_reference():

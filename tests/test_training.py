@@ -122,6 +122,37 @@ def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_
     np.testing.assert_array_equal(seen["kernel"], first.get_layer("fc8").get_weights()[0])
 
 
+def test_a_regionnet_starts_from_the_backbone_of_a_pixelnet(labelled_records, tiny_cfg, tmp_path):
+    """backbone_from (train.regionnet_backbone: pixelnet): the RegionNet's first step sees the
+    PixelNet's backbone weights, and its record names where they came from."""
+    cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    cfg.train.regionnet.batch_size, cfg.train.devices = 4, ["/cpu:0"]
+    pixelnet = training.train(
+        "pixelnet", labelled_records, str(tmp_path / "p"), cfg, 7, epochs=1, steps_per_epoch=1, verbose=0
+    )
+    seen = {}
+
+    class Peek(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["conv"] = self.model.get_layer("block4_conv2").get_weights()[0].copy()
+
+    source = str(tmp_path / "p" / training.MODEL_FILE)
+    training.train(
+        "regionnet",
+        labelled_records,
+        str(tmp_path / "r"),
+        cfg,
+        7,
+        epochs=1,
+        steps_per_epoch=1,
+        backbone_from=source,
+        callbacks=[Peek()],
+        verbose=0,
+    )
+    np.testing.assert_array_equal(seen["conv"], pixelnet.get_layer("block4_conv2").get_weights()[0])
+    assert json.loads((tmp_path / "r" / "train.json").read_text())["backbone_from"] == source
+
+
 def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(
     labelled_records, tiny_cfg, tmp_path
 ):

