@@ -336,12 +336,33 @@ def resolve_path(name_or_path: str) -> str:
     raise ConfigError(f"config file not found: {name_or_path}")
 
 
+class _SafeUniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader (no Python objects), but a key given twice in one mapping is an error:
+    plain YAML keeps the last one silently, so a setting written twice would quietly lose one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base loader refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} given twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
     path = fileio.absolute(path)
     if path in seen:
         raise ConfigError(f"config 'base' chain loops back to {path}")
     try:
-        values = yaml.safe_load(fileio.read_text(path)) or {}
+        values = yaml.load(fileio.read_text(path), Loader=_SafeUniqueKeyLoader) or {}  # a safe loader
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     except Exception as e:  # OSError on local disk, tf.errors.OpError on object storage

@@ -112,6 +112,16 @@ def test_yaml_is_safe_loaded(tmp_path):
         load_config(str(evil))
 
 
+def test_a_key_given_twice_is_refused(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  regionnet: {epochs: 20}\n  regionnet: {epochs: 40}\n")
+    with pytest.raises(ConfigError, match="key 'regionnet' given twice"):
+        load_config(str(twice))
+    once = tmp_path / "once.yaml"  # the same key in two different mappings is fine
+    once.write_text("train:\n  regionnet: {epochs: 20}\n  pixelnet: {epochs: 20}\n")
+    assert load_config(str(once)).train.regionnet.epochs == 20
+
+
 def test_parse_override_requires_equals():
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     with pytest.raises(ConfigError):
