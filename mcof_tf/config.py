@@ -1,9 +1,10 @@
 """Typed experiment configuration.
 
-A config is a tree of dataclasses. YAML files fill it (`yaml.safe_load`, never a full loader), an
-optional `base:` key names another YAML file (relative to this one) whose values are inherited, and
-command-line overrides `--set section.key=value` change single fields. Every key is checked: an
-unknown key or a value of the wrong type is a `ConfigError` that names the dotted key.
+A config is a tree of dataclasses. YAML files fill it (`yaml.SafeLoader`, never a full loader; a key
+given twice in one mapping is refused), an optional `base:` key names another YAML file (relative to
+this one) whose values are inherited, and command-line overrides `--set section.key=value` change
+single fields. Every key is checked: an unknown key or a value of the wrong type is a `ConfigError`
+that names the dotted key.
 """
 
 from __future__ import annotations
