@@ -325,3 +325,63 @@ def test_fused_batch_norm_trains_like_keras_batch_norm(policy):
         tf.cast(keras_bn(x, training=False), "float32").numpy(),
         atol=tol,
     )
+
+
+@pytest.mark.parametrize("dilation", [2, 12])
+def test_dilated_conv2d_matches_keras_conv2d(dilation):
+    """One Conv2D op with `dilations` (where this TensorFlow differentiates it) computes what Keras'
+    space-to-batch rewrite computes: outputs, and the gradients of input, kernel and bias."""
+    from mcof_tf.models.backbones import DilatedConv2D, native_dilation
+
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 14, 11, 3)).astype(np.float32))
+    kwargs = dict(filters=4, kernel_size=3, padding="same", dilation_rate=dilation, activation="relu")
+    ours, theirs = DilatedConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    assert native_dilation("float32") == bool(tf.config.list_physical_devices("GPU") or _onednn_on())
+    results = []
+    for layer in (ours, theirs):
+        step = tf.function(lambda t, layer=layer: _value_and_grads(layer, t))
+        results.append([v.numpy() for v in step(x)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    # inference, eager: the same numbers
+    np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _onednn_on() -> bool:
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _value_and_grads(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * tf.range(1.0, 5.0))
+    return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+
+def test_dilated_conv2d_falls_back_where_gradients_are_not_native(monkeypatch):
+    """Where the probe says no (the stock CPU kernels, or a dtype oneDNN lacks here), training takes
+    Keras' rewrite (trainable everywhere); inference always takes the one op, which every kernel runs.
+    Nothing is probed inside a trace (it would land in the traced graph): there the answer is no."""
+    from mcof_tf.models import backbones
+
+    monkeypatch.setattr(backbones, "_NATIVE_DILATION", {"float32": False})
+    layer = backbones.DilatedConv2D(2, 3, padding="same", dilation_rate=4)
+    x = tf.ones((1, 9, 9, 1))
+    layer.build(x.shape)
+
+    def ops_of(training):
+        graph = tf.function(lambda t: layer(t, training=training)).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "SpaceToBatchND" in ops_of(True)
+    assert "SpaceToBatchND" not in ops_of(False) and "Conv2D" in ops_of(False)
+    monkeypatch.setattr(backbones, "_NATIVE_DILATION", {})
+    answers = []
+    tf.function(lambda: answers.append(backbones.native_dilation("float32"))).get_concrete_function()
+    assert answers == [False] and "float32" not in backbones._NATIVE_DILATION

@@ -11,7 +11,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mcof_tf.models.backbones import _regularizer, backbone_features, load_backbone_weights
+from mcof_tf.models.backbones import (
+    DilatedConv2D,
+    _regularizer,
+    backbone_features,
+    load_backbone_weights,
+)
 
 CLASSIFIER = "fc8"  # the layer that learns 10x faster (bias 20x)
 
@@ -33,7 +38,7 @@ def deeplab_largefov(
     x = backbone_features(image, backbone, width, weight_decay, batch_norm)
     reg = _regularizer(weight_decay)
     if backbone == "resnet101":
-        logits = layers.Conv2D(
+        logits = DilatedConv2D(
             num_classes,
             3,
             padding="same",
@@ -45,7 +50,7 @@ def deeplab_largefov(
     else:
         fc = 1024 if backbone == "vgg16" else max(int(round(1024 * width)), 8)
         x = layers.AveragePooling2D(3, strides=1, padding="same", name="pool5a")(x)
-        x = layers.Conv2D(
+        x = DilatedConv2D(
             fc,
             3,
             padding="same",
