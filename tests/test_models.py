@@ -185,6 +185,19 @@ def test_masked_roi_pooling_gradients_and_config():
     assert (clone.pool_size, clone.max_regions, clone.sampling_ratio) == (3, 4, 1)
 
 
+def test_masked_roi_pooling_of_images_without_regions():
+    """Only present regions are pooled: an image with none (all -1), or a batch with none, gives zeros."""
+    layer = MaskedRoIPooling(pool_size=2, max_regions=3, sampling_ratio=2)
+    features = tf.constant(np.random.default_rng(3).uniform(1, 2, (2, 4, 4, 2)).astype(np.float32))
+    sp = np.full((2, 8, 8), -1, np.int32)
+    sp[1, :, 4:] = 2
+    got = layer(features, tf.constant(sp)).numpy()
+    assert got.shape == (2, 3, 2, 2, 2)
+    assert (got[0] == 0).all() and (got[1, :2] == 0).all() and (got[1, 2] > 0).any()
+    none = layer(features, tf.constant(np.full((2, 8, 8), -1, np.int32))).numpy()
+    assert none.shape == (2, 3, 2, 2, 2) and (none == 0).all()
+
+
 def test_region_labels_majority_vote():
     labels = np.array([[[1, 1, 2, 255], [1, 2, 2, 2], [0, 0, 255, 255], [0, 3, 255, 255]]])
     sp = np.array([[[0, 0, 1, 1], [0, 1, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]])

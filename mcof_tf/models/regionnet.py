@@ -69,8 +69,11 @@ class MaskedRoIPooling(layers.Layer):
             ],
             axis=1,
         )
-        boxes = tf.where(present[:, None], boxes, 0.0)  # absent regions: a dummy box, masked below
-        box_images = tf.repeat(tf.range(b), r)
+        # only the regions an image has (on the default data about half of max_regions, fewer in a
+        # crop) are cropped, masked and pooled; the others are zeros scattered in at the end
+        where = tf.cast(tf.where(present), tf.int32)
+        boxes = tf.gather_nd(boxes, where)
+        box_images = tf.cast(where[:, 0] // r, tf.int32)
         size = self.pool_size * self.sampling_ratio
         # crop_and_resize has no bf16 kernel and returns float32: pool in float32, hand back the input's dtype
         crops = tf.image.crop_and_resize(
@@ -79,10 +82,11 @@ class MaskedRoIPooling(layers.Layer):
         ids = tf.image.crop_and_resize(
             tf.cast(sp, tf.float32)[..., None], boxes, box_images, [size, size], method="nearest"
         )
-        region_id = tf.cast(tf.tile(tf.range(r), [b]), tf.float32)
-        inside = (ids[..., 0] == region_id[:, None, None]) & present[:, None, None]
+        region_id = tf.cast(where[:, 0] % r, tf.float32)
+        inside = ids[..., 0] == region_id[:, None, None]
         crops = crops * tf.cast(inside, crops.dtype)[..., None]
         pooled = tf.nn.max_pool2d(crops, self.sampling_ratio, self.sampling_ratio, "VALID")
+        pooled = tf.scatter_nd(where, pooled, tf.concat([[n - 1], tf.shape(pooled)[1:]], 0))
         c = tf.shape(features)[-1]
         out = tf.reshape(tf.cast(pooled, features.dtype), [b, r, self.pool_size, self.pool_size, c])
         if features.shape[-1] is not None:
