@@ -73,7 +73,7 @@ class MaskedRoIPooling(layers.Layer):
         # crop) are cropped, masked and pooled; the others are zeros scattered in at the end
         where = tf.cast(tf.where(present), tf.int32)
         boxes = tf.gather_nd(boxes, where)
-        box_images = tf.cast(where[:, 0] // r, tf.int32)
+        box_images = where[:, 0] // r
         size = self.pool_size * self.sampling_ratio
         # crop_and_resize has no bf16 kernel and returns float32: pool in float32, hand back the input's dtype
         crops = tf.image.crop_and_resize(
