@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
 
 WORKER = textwrap.dedent("""
@@ -45,7 +46,10 @@ def test_two_workers_train_to_identical_weights(labelled_records, tmp_path):
     procs = []
     for i in range(2):
         env = dict(
-            os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            # the script lives in tmp_path: import this checkout's mcof_tf, installed or not
+            PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
         )
         procs.append(
             subprocess.Popen(
