@@ -13,7 +13,9 @@ from mcof_tf import training
 pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
 
 
-def _cfg(tiny_cfg, network, lr):
+def _cfg(tiny_cfg, network, lr, replicas=2):
+    """Two replicas where the test is about the multi-device path; one elsewhere (a 2-replica trace
+    costs twice the time of a one-device one)."""
     tiny_cfg.model.width = 0.25
     tiny_cfg.model.dropout = 0.0
     tiny_cfg.model.batch_norm = True
@@ -21,7 +23,7 @@ def _cfg(tiny_cfg, network, lr):
     tiny_cfg.model.region_fc = 64
     tiny_cfg.input.min_scale = tiny_cfg.input.max_scale = 1.0
     tiny_cfg.input.flip = False
-    tiny_cfg.train.devices = ["/cpu:0", "/cpu:1"]
+    tiny_cfg.train.devices = ["/cpu:0", "/cpu:1"][:replicas]
     stage = getattr(tiny_cfg.train, network)
     stage.batch_size, stage.learning_rate = 4, lr
     return tiny_cfg
@@ -97,7 +99,7 @@ def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
 
 
 def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_path):
-    cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    cfg = _cfg(tiny_cfg, "pixelnet", 0.01, replicas=1)
     first = training.train(
         "pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, epochs=1, steps_per_epoch=1, verbose=0
     )
@@ -156,7 +158,7 @@ def test_a_regionnet_starts_from_the_backbone_of_a_pixelnet(labelled_records, ti
 def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(
     labelled_records, tiny_cfg, tmp_path
 ):
-    cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    cfg = _cfg(tiny_cfg, "pixelnet", 0.01, replicas=1)
     cfg.train.steps_per_epoch = 1
     cfg.train.pixelnet.epochs, cfg.train.pixelnet.warm_epochs = 2, 1
     training.train("pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, verbose=0)
