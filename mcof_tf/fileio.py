@@ -58,6 +58,26 @@ def stat(path: str):
     return _gfile().stat(path)
 
 
+def folder_stats(folder: str, names=None) -> dict[str, tuple[int, int]]:
+    """{name: (length, modification time)} of the files in `folder` (those among `names`, when given;
+    {} when there is no folder). Local: a stat per file (tf.io.gfile's, mtime in ns). Object storage: one
+    listing request per 1,000 objects through Beam's filesystem (mtime in µs), not one request per file
+    (~45 ms each against the test emulator: ~25 minutes for VOC's 10,582 ids × 3 files)."""
+    wanted = None if names is None else set(names)
+    if not is_remote(folder):
+        present = [n for n in listdir(folder) if wanted is None or n in wanted]
+        return {n: (s.length, s.mtime_nsec) for n in present for s in [stat(f"{folder}/{n}")]}
+    from apache_beam.io.filesystems import FileSystems
+
+    prefix = folder.rstrip("/") + "/"
+    listed = {m.path[len(prefix) :]: m for m in FileSystems.match([prefix + "*"])[0].metadata_list}
+    return {
+        n: (m.size_in_bytes, round(m.last_updated_in_seconds * 1e6))
+        for n, m in listed.items()
+        if n and (wanted is None or n in wanted)  # "": the folder's own placeholder object
+    }
+
+
 def size(path: str) -> int:
     """A file's length in bytes."""
     return _gfile().stat(path).length

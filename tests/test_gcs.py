@@ -197,3 +197,29 @@ def test_a_gs_path_without_beams_gcs_filesystem_names_the_extra(monkeypatch):
     with pytest.raises(ValueError, match=r"pip install 'mcof_tf\[gcp\]'"):
         common.check_filesystems("/local/is/fine", "gs://bucket/run")
     common.check_filesystems("/local/only")
+
+
+def test_a_buckets_content_signature_comes_from_one_listing_per_folder(gcs, bucket_data, monkeypatch):
+    """VocDataset.content_signature on gs://: lengths and times from the folder listing (no stat per
+    object), changed by a rewritten file; the local signature keeps its per-file stats."""
+    from mcof_tf.data.voc import VocDataset
+
+    _, bucket = gcs
+    folder = f"{bucket}/stats"
+    fileio.write_bytes_atomic(f"{folder}/a.png", b"12345")
+    fileio.write_bytes_atomic(f"{folder}/b.xml", b"1")
+    fileio.write_bytes_atomic(f"{folder}/sub/c.png", b"12")
+    stats = fileio.folder_stats(folder)
+    assert {n: s[0] for n, s in stats.items()} == {"a.png": 5, "b.xml": 1}  # not the subfolder's
+    assert fileio.folder_stats(folder, ["a.png", "z.png"]).keys() == {"a.png"}
+    assert fileio.folder_stats(f"{bucket}/absent") == {}
+
+    dataset = VocDataset(bucket_data)
+    ids = dataset.split_ids("train")
+    monkeypatch.setattr(fileio, "stat", lambda path: pytest.fail(f"a stat per object: {path}"))
+    before = dataset.content_signature(ids)
+    assert dataset.content_signature(ids) == before
+    time.sleep(0.01)
+    image = f"{bucket_data}/JPEGImages/{ids[0]}.jpg"
+    fileio.write_bytes_atomic(image, fileio.read_bytes(image))  # same bytes, rewritten
+    assert dataset.content_signature(ids) != before

@@ -240,19 +240,19 @@ class VocDataset:
     def content_signature(self, ids: Sequence[str]) -> str:
         """A hash of (name, size, modification time) of every file the ids can be read from (image,
         masks, annotation, saliency): an edited, added or removed file changes it, without reading
-        any pixel. One listing per folder, one stat per file (gs:// included)."""
+        any pixel. Per folder one listing with its files' metadata (`fileio.folder_stats`)."""
         import hashlib
 
         digest = hashlib.sha256()
+        exts = (".jpg", ".jpeg", ".png", ".JPG", ".xml")
         for folder in ("JPEGImages", *self.mask_dirs, "Annotations", "Saliency"):
-            where = self._join(folder)
-            present = set(fileio.listdir(where))  # empty when the folder is absent
+            present = fileio.folder_stats(self._join(folder), [i + e for i in ids for e in exts])
             for image_id in ids:
-                for ext in (".jpg", ".jpeg", ".png", ".JPG", ".xml"):
+                for ext in exts:
                     name = image_id + ext
                     if name in present:
-                        st = fileio.stat(self._join(folder, name))
-                        digest.update(f"{folder}/{name}:{st.length}:{st.mtime_nsec}\n".encode())
+                        length, mtime = present[name]
+                        digest.update(f"{folder}/{name}:{length}:{mtime}\n".encode())
         return digest.hexdigest()[:16]
 
     def path(self, folder: str, image_id: str, ext: str) -> str:
