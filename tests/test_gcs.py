@@ -199,11 +199,18 @@ def test_a_gs_path_without_beams_gcs_filesystem_names_the_extra(monkeypatch):
     common.check_filesystems("/local/only")
 
 
-def test_a_buckets_content_signature_comes_from_one_listing_per_folder(gcs, bucket_data, monkeypatch):
+def test_a_buckets_content_signature_comes_from_one_listing_per_folder(
+    gcs, bucket_data, tiny_root, monkeypatch
+):
     """VocDataset.content_signature on gs://: lengths and times from the folder listing (no stat per
-    object), changed by a rewritten file; the local signature keeps its per-file stats."""
+    object), changed by a rewritten file; on local disk the same per-file stats as before."""
     from mcof_tf.data.voc import VocDataset
 
+    local = f"{tiny_root}/JPEGImages"
+    assert fileio.folder_stats(local) == {
+        n: (fileio.stat(f"{local}/{n}").length, fileio.stat(f"{local}/{n}").mtime_nsec)
+        for n in fileio.listdir(local)
+    }
     _, bucket = gcs
     folder = f"{bucket}/stats"
     fileio.write_bytes_atomic(f"{folder}/a.png", b"12345")
