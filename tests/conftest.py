@@ -25,6 +25,7 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 from mcof_tf.config import load_config  # noqa: E402
 from mcof_tf.data import synthetic  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 TINY = synthetic.SyntheticSpec(seed=7, num_train=8, num_val=2, min_side=40, max_side=64)
 
 
@@ -121,9 +122,8 @@ def run_job_with_two_workers(module: str, args: list, timeout: int = 300):
     import sys
 
     two = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run(
-        [sys.executable, "-m", module, *args, *two], capture_output=True, text=True, timeout=timeout, cwd=root
+        [sys.executable, "-m", module, *args, *two], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
 
 

@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
 
 WORKER = textwrap.dedent("""
