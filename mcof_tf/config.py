@@ -191,6 +191,8 @@ class StageConfig:
     # fine-tunes on masks that changed little, so it needs fewer; 0: `epochs`
     warm_epochs: int = 0
     learning_rate: float = 1e-3
+    # learning rate of a warm-started network (train.warm_start); 0: `learning_rate`
+    warm_learning_rate: float = 0.0
     batch_size: int = 10
 
 
@@ -436,5 +438,10 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"train.{network}: expected epochs >= 1, warm_epochs >= 0 and batch_size >= 1, "
                 f"got {stage.epochs}, {stage.warm_epochs}, {stage.batch_size}"
+            )
+        if stage.learning_rate <= 0 or stage.warm_learning_rate < 0:
+            raise ConfigError(
+                f"train.{network}: expected learning_rate > 0 and warm_learning_rate >= 0 (0: learning_rate), "
+                f"got {stage.learning_rate}, {stage.warm_learning_rate}"
             )
     return cfg

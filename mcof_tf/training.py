@@ -270,9 +270,15 @@ def distributed_input(
 
 
 def compiled_network(
-    network: NetworkName, cfg: Config, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy
+    network: NetworkName,
+    cfg: Config,
+    num_classes: int,
+    total_steps: int,
+    strategy: tf.distribute.Strategy,
+    learning_rate: Optional[float] = None,
 ) -> keras.Model:
-    """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics."""
+    """Build `network` under `strategy` and compile it with the shared optimizer, loss and metrics
+    (`learning_rate`: the schedule's start, by default the stage's `learning_rate`)."""
     net = NETWORKS[network]
     stage = getattr(cfg.train, network)
     policy, why = precision.resolve(cfg.train.mixed_precision, cfg.train.devices)
@@ -284,7 +290,7 @@ def compiled_network(
         classifier = model.get_layer(net.classifier)
         mult = cfg.train.classifier_lr_mult
         schedule = keras.optimizers.schedules.PolynomialDecay(
-            stage.learning_rate,
+            learning_rate or stage.learning_rate,
             decay_steps=max(total_steps, 1),
             end_learning_rate=0.0,
             power=cfg.train.poly_power,
@@ -390,6 +396,9 @@ def train(
     started = usage.stage_clock()
     stage = getattr(cfg.train, network)
     epochs = epochs or (stage.warm_epochs if init_from and stage.warm_epochs else stage.epochs)
+    learning_rate = (
+        stage.warm_learning_rate if init_from and stage.warm_learning_rate else stage.learning_rate
+    )
     if not steps_per_epoch:
         steps_per_epoch = cfg.train.steps_per_epoch or max(count_records(records) // stage.batch_size, 1)
     strategy = strategy or make_strategy(cfg.train.devices)
@@ -413,7 +422,7 @@ def train(
     ds = distributed_input(
         network, records, cfg, num_classes, stage.batch_size, strategy, done_epochs * steps_per_epoch
     )
-    model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy)
+    model = compiled_network(network, cfg, num_classes, epochs * steps_per_epoch, strategy, learning_rate)
     if init_from:  # (a resumed run's backup still takes precedence: BackupAndRestore loads it later)
         model.set_weights(load_model(init_from).get_weights())
     if backbone_from:
@@ -454,6 +463,7 @@ def train(
         {
             **usage.stage_usage(started),  # seconds, CPU, peak memory
             "epochs": epochs,
+            "learning_rate": learning_rate,  # the schedule's start (warm_learning_rate when warm-started)
             "resumed_after_epoch": done_epochs,
             "steps_per_epoch": steps_per_epoch,
             "batch_size": stage.batch_size,
@@ -543,6 +553,8 @@ INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it
 # its resumption (another machine), and a finished stage is not redone for them. Its actual dtype
 # policy is in its train.json.
 EXECUTION_KEYS = ("devices", "mixed_precision")
+# a stage's keys that only a warm-started network uses; 0 means "as the cold start" (StageConfig)
+WARM_KEYS = ("warm_epochs", "warm_learning_rate")
 
 
 def training_inputs(
@@ -665,17 +677,20 @@ def stale_reason(out_dir: str, inputs: dict) -> Optional[str]:
 
 def _comparable(inputs: dict) -> dict:
     """`inputs` without the keys that cannot change a stage's result: execution keys (records written
-    before a key became one still hold it, e.g. mixed_precision: false) and, for a stage that starts
-    from scratch, `warm_epochs` (only a warm-started stage trains for them)."""
+    before a key became one still hold it, e.g. mixed_precision: false) and the warm-start keys
+    (WARM_KEYS) where they do not apply: for a stage that starts from scratch, or at their "as the
+    cold start" value 0 (records written before the key existed lack it)."""
     inputs = dict(inputs)
     config = inputs.get("config")
     if isinstance(config, dict) and isinstance(config.get("train"), dict):
-        train = {k: v for k, v in config["train"].items() if k not in EXECUTION_KEYS}
-        if inputs.get("init_from") is None:
-            train = {
-                k: {n: e for n, e in v.items() if n != "warm_epochs"} if isinstance(v, dict) else v
-                for k, v in train.items()
-            }
+        cold = inputs.get("init_from") is None
+        train = {
+            k: {n: e for n, e in v.items() if not (n in WARM_KEYS and (cold or e == 0))}
+            if isinstance(v, dict)
+            else v
+            for k, v in config["train"].items()
+            if k not in EXECUTION_KEYS
+        }
         inputs["config"] = {**config, "train": train}
     return inputs
 

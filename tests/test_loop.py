@@ -300,7 +300,7 @@ def test_a_shorter_rerun_reports_and_exports_its_own_last_iteration(
 def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
     """The dtype policy and devices are execution keys: a stage trained under another one (or recorded
     before mixed_precision took a policy name) is reused, and so is one trained from scratch when only
-    warm_epochs changed; a change of what it learns from is not."""
+    warm_epochs or warm_learning_rate changed; a change of what it learns from is not."""
     from mcof_tf import training
 
     cfg = load_config("synthetic")
@@ -312,14 +312,27 @@ def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({"inputs": before}))
     assert training.stale_reason(str(tmp_path), now) is None
     assert training.inputs_difference(before, now) is None  # a killed stage's backup is kept alike
-    cfg.train.pixelnet.warm_epochs = 5  # a stage trained from scratch never used them
-    assert training.stale_reason(str(tmp_path), training.training_inputs("pixelnet", records, cfg, 7)) is None
     init = tmp_path / "previous.keras"
     init.write_bytes(b"weights")
     warm = training.training_inputs("pixelnet", records, cfg, 7, str(init))
-    (tmp_path / "train.json").write_text(json.dumps({"inputs": {**before, "init_from": warm["init_from"]}}))
-    assert training.stale_reason(str(tmp_path), warm) == "its config changed"  # a warm-started one does
+    older = json.loads(json.dumps(warm))
+    del older["config"]["train"]["pixelnet"]["warm_learning_rate"]  # recorded before the key existed
+    (tmp_path / "train.json").write_text(json.dumps({"inputs": older}))
+    assert training.stale_reason(str(tmp_path), warm) is None  # at 0 it means the cold start's value
     (tmp_path / "train.json").write_text(json.dumps({"inputs": before}))
+    cfg.train.pixelnet.warm_epochs = 5  # a stage trained from scratch never used them
+    cfg.train.pixelnet.warm_learning_rate = 0.05
+    assert training.stale_reason(str(tmp_path), training.training_inputs("pixelnet", records, cfg, 7)) is None
+    for key, value in (("warm_epochs", 5), ("warm_learning_rate", 0.05)):
+        cfg.train.pixelnet.warm_epochs, cfg.train.pixelnet.warm_learning_rate = 0, 0.0
+        setattr(cfg.train.pixelnet, key, value)
+        warm = training.training_inputs("pixelnet", records, cfg, 7, str(init))
+        (tmp_path / "train.json").write_text(
+            json.dumps({"inputs": {**before, "init_from": warm["init_from"]}})
+        )
+        assert training.stale_reason(str(tmp_path), warm) == "its config changed", key  # a warm one does
+    (tmp_path / "train.json").write_text(json.dumps({"inputs": before}))
+    cfg.train.pixelnet.warm_epochs, cfg.train.pixelnet.warm_learning_rate = 0, 0.0
     cfg.train.pixelnet.learning_rate *= 2
     later = training.training_inputs("pixelnet", records, cfg, 7)
     assert training.stale_reason(str(tmp_path), later) == "its config changed"

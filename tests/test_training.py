@@ -155,12 +155,13 @@ def test_a_regionnet_starts_from_the_backbone_of_a_pixelnet(labelled_records, ti
     assert json.loads((tmp_path / "r" / "train.json").read_text())["backbone_from"] == source
 
 
-def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(
+def test_warm_started_networks_train_for_warm_epochs_at_warm_learning_rate_and_record_their_time(
     labelled_records, tiny_cfg, tmp_path
 ):
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01, replicas=1)
     cfg.train.steps_per_epoch = 1
     cfg.train.pixelnet.epochs, cfg.train.pixelnet.warm_epochs = 2, 1
+    cfg.train.pixelnet.warm_learning_rate = 0.03
     training.train("pixelnet", labelled_records, str(tmp_path / "a"), cfg, 7, verbose=0)
     training.train(
         "pixelnet",
@@ -172,8 +173,8 @@ def test_warm_started_networks_train_for_warm_epochs_and_record_their_time(
         init_from=str(tmp_path / "a" / training.MODEL_FILE),
     )
     runs = {k: json.loads((tmp_path / k / "train.json").read_text()) for k in "ab"}
-    assert (runs["a"]["epochs"], runs["a"]["warm_start"]) == (2, False)
-    assert (runs["b"]["epochs"], runs["b"]["warm_start"]) == (1, True)
+    assert (runs["a"]["epochs"], runs["a"]["learning_rate"], runs["a"]["warm_start"]) == (2, 0.01, False)
+    assert (runs["b"]["epochs"], runs["b"]["learning_rate"], runs["b"]["warm_start"]) == (1, 0.03, True)
     assert all(r["seconds"] > 0 for r in runs.values())
 
 
