@@ -174,6 +174,10 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier of the reduced backbone (vgg16_small)
     dropout: float = 0.5
     batch_norm: bool = False  # BatchNormalization after each backbone conv (for from-scratch CPU models)
+    # Batch norm over the backbone's output when it has none of its own (VGG16 without batch_norm): the
+    # heads start on unit-scale features (a pretrained VGG16's are ~25x larger; without it hed-vgg16
+    # never left "all background", even fully supervised). See backbones.backbone_features.
+    feature_norm: bool = True
     fc6_dilation: int = 12  # DeepLab-LargeFOV's; a 112 px crop has a 14x14 map, where 12 reaches only padding
     # RegionNet: superpixel ids 0..max_regions-1 of an image are classified, each pooled to k×k
     max_regions: int = 256

@@ -94,6 +94,7 @@ def _backbone(cfg: Config) -> dict:
         "weights": m.weights,
         "weight_decay": cfg.train.weight_decay,
         "batch_norm": m.batch_norm,
+        "feature_norm": m.feature_norm,
     }
 
 

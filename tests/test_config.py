@@ -14,6 +14,13 @@ def test_shipped_configs_load_with_their_settings():
     assert voc.model.backbone == "vgg16" and voc.model.weights == "imagenet"
     assert (voc.data.train_split, voc.data.val_split) == ("train_aug", "val")
     assert voc.data.synthetic is None and voc.data.classes == []  # VOC's 21 classes by default
+    # The VGG16 recipe on the second preset: that preset's data, the VGG16 config's network and training.
+    small, vgg, small_vgg = (
+        load_config(n)
+        for n in ("synthetic_small_objects", "synthetic_vgg16", "synthetic_small_objects_vgg16")
+    )
+    assert small_vgg.data == small.data and small_vgg.data.synthetic.num_classes == 10
+    assert small_vgg.model == vgg.model and small_vgg.train == vgg.train and vgg.model.weights == "hed-vgg16"
 
 
 def test_overrides_are_typed_and_reach_nested_sections():

@@ -62,6 +62,43 @@ def test_hed_vgg16_weights_from_the_installed_package():
         deeplab_largefov(5, backbone="resnet101", weights="hed-vgg16")
 
 
+def test_feature_norm_only_where_the_backbone_has_no_batch_norm():
+    def names(m):
+        return {layer.name for layer in m.layers}
+
+    plain, normed = deeplab_largefov(21), deeplab_largefov(21, feature_norm=True)
+    assert "feature_norm" not in names(plain) and "feature_norm" in names(normed)
+    assert normed.count_params() == 20_505_429 + 4 * 512  # gamma, beta and two moving statistics
+    small = dict(backbone="vgg16_small", width=0.125)
+    assert "feature_norm" in names(build_cam(5, **small, feature_norm=True))
+    assert "feature_norm" in names(build_regionnet(5, **small, max_regions=8, fc_units=8, feature_norm=True))
+    # a backbone with batch norm of its own gets none more
+    assert "feature_norm" not in names(deeplab_largefov(5, **small, batch_norm=True, feature_norm=True))
+
+
+def test_feature_norm_lets_random_heads_learn_on_the_pretrained_vgg16():
+    """The cause of hed-vgg16's "all background": its conv5 features are large (Caffe-range pixels), so
+    SGD on the randomly initialised head diverges at the classifier's learning rate; normalised, the
+    same two images are fitted."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 30, (2, 64, 64, 3)).astype(np.float32)
+    y = np.zeros((2, 64, 64), np.int32)
+    x[0, 8:40, 8:40] += [120, -60, -60]
+    y[0, 8:40, 8:40] = 1
+    x[1, 24:56, 20:52] += [-60, -60, 120]
+    y[1, 24:56, 20:52] = 2
+    curves = {}
+    for norm in (False, True):
+        keras.utils.set_random_seed(0)
+        m = deeplab_largefov(3, weights="hed-vgg16", fc6_dilation=4, feature_norm=norm)
+        m.compile(keras.optimizers.SGD(0.01, momentum=0.9), losses.MaskedCrossEntropy(upsample=True))
+        curves[norm] = np.asarray(m.fit(x, y, batch_size=2, epochs=8, verbose=0).history["loss"])
+    diverged = curves[False]
+    assert not np.all(np.isfinite(diverged)) or diverged.max() > 10 * diverged[0]
+    fitted = curves[True]
+    assert np.all(np.isfinite(fitted)) and fitted[-1] < 0.8 * fitted[0]
+
+
 def test_resnet101_is_dilated_to_output_stride_8(tmp_path):
     m = deeplab_largefov(4, backbone="resnet101")
     assert tuple(m(np.zeros((1, 64, 64, 3), np.float32)).shape) == (1, 8, 8, 4)

@@ -287,13 +287,31 @@ def resnet101_body(x, weight_decay: float = 0.0):
     return dilated(x)
 
 
+FEATURE_NORM = "feature_norm"
+
+
 def backbone_features(
-    x, backbone: str, width: float = 1.0, weight_decay: float = 0.0, batch_norm: bool = False
+    x,
+    backbone: str,
+    width: float = 1.0,
+    weight_decay: float = 0.0,
+    batch_norm: bool = False,
+    feature_norm: bool = False,
 ):
-    if backbone == "vgg16":
-        return vgg16_body(x, 1.0, weight_decay, batch_norm)
-    if backbone == "vgg16_small":
-        return vgg16_body(x, width, weight_decay, batch_norm)
+    """The backbone's stride-8 features. `feature_norm`: batch norm over them when the backbone has
+    none of its own (VGG16 without `batch_norm`), so the heads, initialised at random, start on
+    unit-scale inputs. A pretrained VGG16 fed Caffe-range pixels gives conv5 features of std ~25 and
+    maxima ~1000 (hed-vgg16 on the benchmark); with random fc6/fc7 on them, at the paper's learning
+    rate 0.001, the loss of one fixed batch jumped to 11 in 5 steps and then sat at a constant
+    prediction, and a fully supervised PixelNet stayed at background only. The paper's DeepLab starts
+    from ImageNet-trained fc6/fc7 instead, which keras.applications' VGG16 without its top lacks.
+    ParseNet and SSD normalise VGG features for the same reason."""
+    if backbone in ("vgg16", "vgg16_small"):
+        x = vgg16_body(x, 1.0 if backbone == "vgg16" else width, weight_decay, batch_norm)
+        if feature_norm and not batch_norm:
+            sync = tf.distribute.get_strategy().num_replicas_in_sync > 1  # as in vgg16_body
+            x = FusedBatchNorm(synchronized=sync, name=FEATURE_NORM)(x)
+        return x
     if backbone == "resnet101":
-        return resnet101_body(x, weight_decay)
+        return resnet101_body(x, weight_decay)  # batch norm throughout already
     raise ValueError(f"unknown backbone {backbone!r}")

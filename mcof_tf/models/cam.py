@@ -24,11 +24,12 @@ def build_cam(
     weights: str = "none",
     weight_decay: float = 0.0,
     batch_norm: bool = False,
+    feature_norm: bool = False,
     name: str = "cam",
 ) -> keras.Model:
     """Image batch → logits over the `num_classes - 1` object classes (background has no tag)."""
     image = keras.Input((None, None, 3), name="image")
-    x = backbone_features(image, backbone, width, weight_decay, batch_norm)
+    x = backbone_features(image, backbone, width, weight_decay, batch_norm, feature_norm)
     channels = 512 if backbone != "vgg16_small" else max(int(round(512 * width)), 8)
     x = layers.Conv2D(
         channels,

@@ -29,13 +29,14 @@ def deeplab_largefov(
     weight_decay: float = 0.0,
     dropout: float = 0.5,
     batch_norm: bool = False,
+    feature_norm: bool = False,
     fc6_dilation: int = 12,
     name: str = "pixelnet",
 ) -> keras.Model:
     """Image batch (mean-subtracted RGB, any size) → logits at 1/8 resolution, `num_classes` channels
     (background included)."""
     image = keras.Input((None, None, 3), name="image")
-    x = backbone_features(image, backbone, width, weight_decay, batch_norm)
+    x = backbone_features(image, backbone, width, weight_decay, batch_norm, feature_norm)
     reg = _regularizer(weight_decay)
     if backbone == "resnet101":
         logits = DilatedConv2D(

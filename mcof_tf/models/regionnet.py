@@ -117,12 +117,13 @@ def build_regionnet(
     fc_units: int = 1024,
     dropout: float = 0.5,
     batch_norm: bool = False,
+    feature_norm: bool = False,
     name: str = "regionnet",
 ) -> keras.Model:
     """{image (B, H, W, 3), superpixels (B, H, W)} → logits (B, max_regions, num_classes)."""
     image = keras.Input((None, None, 3), name="image")
     superpixels = keras.Input((None, None), dtype="int32", name="superpixels")
-    x = backbone_features(image, backbone, width, weight_decay, batch_norm)
+    x = backbone_features(image, backbone, width, weight_decay, batch_norm, feature_norm)
     x = MaskedRoIPooling(pool_size, max_regions, sampling_ratio, name="masked_roi_pool")(x, superpixels)
     x = layers.Reshape((max_regions, -1), name="flatten_rois")(x)
     reg = _regularizer(weight_decay)
