@@ -2,7 +2,8 @@
 
     python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
                                 --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
-                                [--prior-correction [S]] [--saliency-background TAU] [Beam options]
+                                [--prior-correction [S]] [--saliency-background TAU] [--agreement]
+                                [Beam options]
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
@@ -18,6 +19,10 @@ Stages (the rule applied to each image's prediction):
 class_balance * log(share) of the classes in the labels it was trained on (its train.json), so that its
 labels keep those shares instead of the class-balanced loss's shift towards rare classes (see
 `mcof_tf.training.prior_offsets`); the loop's validation uses labels.prediction_correction (0.5).
+
+--agreement (regionnet): the regions are kept only where they agree with the labels the records arrive
+with (the previous PixelNet's masks, from iteration 2 on), unlabelled (255) elsewhere (config
+labels.agreement; `mcof_tf.method.labels.agreement`), evaluated as "agreed".
 
 --saliency-background TAU (pixelnet, training images): object labels on pixels whose saliency is below
 TAU (0..1) become background in the masks written for the next stage (config labels.saliency_background;
@@ -190,6 +195,7 @@ class LabelRules(beam.DoFn):
         prior_offsets: Optional[Sequence[float]] = None,
         progress: Optional[common.Progress] = None,
         saliency_background: float = 0.0,
+        agreement: bool = False,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -201,6 +207,7 @@ class LabelRules(beam.DoFn):
         # added to the network's logits before any rule (None: none); see --prior-correction
         self.prior_offsets = None if prior_offsets is None else np.asarray(prior_offsets, np.float32)
         self.saliency_background = saliency_background  # see --saliency-background
+        self.agreement = agreement  # see --agreement
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
@@ -220,7 +227,7 @@ class LabelRules(beam.DoFn):
             previous = labels_of(rec)
             self._confidence = None
             started = time.perf_counter()
-            out, produced = self._relabel(rec, inference["scores"])
+            out, produced = self._relabel(rec, inference["scores"], previous)
             self.latency.update(int(1000 * (time.perf_counter() - started)))
             yield records.encode(out)
             self.written.inc()
@@ -242,8 +249,8 @@ class LabelRules(beam.DoFn):
             )
         self.progress.tick()
 
-    def _relabel(self, rec, scores):
-        """→ (new Record, {name: pixel labels to evaluate})."""
+    def _relabel(self, rec, scores, previous=None):
+        """→ (new Record, {name: pixel labels to evaluate}); `previous`: the labels it arrived with."""
         from mcof_tf.method.labels import paint
 
         tags = rec.tag_indices
@@ -279,6 +286,14 @@ class LabelRules(beam.DoFn):
                 rec.superpixel_labels, rec.label_stage = region, "regionnet"
             if self.refine:
                 produced["refined"] = rec.labels if rec.labels is not None else pixels
+            if self.agreement:
+                from mcof_tf.method.labels import agreement
+
+                if previous is None:
+                    raise ValueError("--agreement: the record has no labels to agree with")
+                mined = rec.labels if rec.labels is not None else pixels
+                rec.labels, rec.superpixel_labels = agreement(mined, previous), None
+                produced["agreed"], rec.label_stage = rec.labels, "agreed"
             return rec, produced
         # pixelnet
         from mcof_tf.method.labels import leave_unsure, saliency_background
@@ -324,9 +339,15 @@ def labels_of(rec):
 
 
 # labels.* keys that choose what the loop asks of each relabel job, not how a job labels: a job's own
-# arguments (refine, prior_correction, saliency_background) say that, so changing them does not redo
+# arguments (refine, prior_correction, saliency_background, agreement) say that, so changing them does not redo
 # unaffected stages
-LOOP_CHOICES = ("prior_correction", "prediction_correction", "refine_every_iteration", "saliency_background")
+LOOP_CHOICES = (
+    "prior_correction",
+    "prediction_correction",
+    "refine_every_iteration",
+    "saliency_background",
+    "agreement",
+)
 
 
 def run(
@@ -343,6 +364,7 @@ def run(
     use_tags: bool = True,
     prior_correction: float = 0.0,
     saliency_background: float = 0.0,
+    agreement: bool = False,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -358,6 +380,8 @@ def run(
         raise ValueError(f"--saliency-background: expected a number in [0, 1), got {saliency_background}")
     if saliency_background and stage != "pixelnet":
         raise ValueError(f"--saliency-background applies to the pixelnet stage, not {stage}")
+    if agreement and stage != "regionnet":
+        raise ValueError(f"--agreement applies to the regionnet stage, not {stage}")
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
@@ -386,6 +410,7 @@ def run(
             "prior_offsets": fingerprint_offsets,
             # only when on: a workdir labelled before the guard existed is not redone
             **({"saliency_background": saliency_background} if saliency_background else {}),
+            **({"agreement": True} if agreement else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -410,6 +435,7 @@ def run(
             offsets,
             common.Progress(f"relabel {stage}", common.expected_per_worker(pipeline_options, read)),
             saliency_background,
+            agreement,
         )
         scores = (
             beam.Map(parsed)
@@ -467,6 +493,7 @@ def run(
                 "use_tags": use_tags,
                 "prior_offsets": fingerprint_offsets,
                 "saliency_background": saliency_background,
+                "agreement": agreement,
                 "classes": list(classes),
                 "metrics": metrics,
                 "stats": stats,
@@ -524,6 +551,11 @@ def main(argv=None) -> int:
         metavar="TAU",
         help="object labels on pixels of saliency below TAU (0..1) become background (default 0: off)",
     )
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="regionnet: keep the regions only where they agree with the records' labels (255 elsewhere)",
+    )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
@@ -544,6 +576,7 @@ def main(argv=None) -> int:
             use_tags=not args.no_tags,
             prior_correction=args.prior_correction,
             saliency_background=args.saliency_background,
+            agreement=args.agreement,
         )
     except (
         ConfigError,

@@ -147,6 +147,12 @@ class LabelsConfig:
     # class". 0: off: small objects, 3 seeds, final val +0.72 +- 1.66 at 0.1, not beyond its std (README,
     # "Saliency as a background cue in the masks").
     saliency_background: float = 0.0
+    # agreement: from iteration 2 on, RegionNet's regions O are kept only where they agree with the seeds
+    # S they were mined from (the previous PixelNet's masks); where the two disagree the pixel stays
+    # unlabelled (255) for the next PixelNet. A deviation from Algorithm 1 (PixelNet learns from O): two
+    # views of the same objects, superpixel features and pixel context, whose disagreements hold a large
+    # share of the errors of both (README, "Regions that agree with the masks").
+    agreement: bool = False
 
 
 @dataclass

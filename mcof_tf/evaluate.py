@@ -126,4 +126,4 @@ def stats_entry(summed: np.ndarray, classes: Sequence[str]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- report
 
-STAGE_ORDER = ("seeds", "regionnet", "refined", "pixelnet", "pixelnet_crf", "masks")
+STAGE_ORDER = ("seeds", "regionnet", "refined", "agreed", "pixelnet", "pixelnet_crf", "masks")

@@ -131,6 +131,7 @@ def relabel_records(
     use_tags: bool = True,
     prior_correction: float = 0.0,
     saliency_background: float = 0.0,
+    agreement: bool = False,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -146,6 +147,7 @@ def relabel_records(
         use_tags=use_tags,
         prior_correction=prior_correction,
         saliency_background=saliency_background,
+        agreement=agreement,
     )
     return os.path.join(out, "*.tfrecord")
 
@@ -212,7 +214,7 @@ def mcof(run: Run, iterations: int) -> str:
             regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet, features)
             refine = (t == 0 or run.cfg.labels.refine_every_iteration) and run.variant != "no_saliency"
             # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O (unless
-            # labels.refine_every_iteration)
+            # labels.refine_every_iteration; with labels.agreement, O only where it agrees with S)
             regions = relabel_records(
                 run,
                 "regionnet",
@@ -223,6 +225,7 @@ def mcof(run: Run, iterations: int) -> str:
                 t + 1,
                 refine=refine,
                 prior_correction=corrects(prior, "regionnet", t),
+                agreement=t > 0 and run.cfg.labels.agreement,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet

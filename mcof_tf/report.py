@@ -47,6 +47,7 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
     for t in _iterations(workdir, last):
         add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
         add(f"iter{t}/regions", "refined", "refined", "train", t)
+        add(f"iter{t}/regions", "agreed", "agreed", "train", t)  # labels.agreement: what PixelNet learns
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)
         add(f"iter{t}/masks", "pixelnet_crf", "pixelnet_crf", "train", t)
         # the next seeds, when a confidence cut (min_confidence) or saliency_background applies

@@ -412,3 +412,22 @@ def test_where_the_regionnets_backbones_start(source, monkeypatch):
     backbones = [None, "iter1/pixelnet", "iter2/pixelnet"] if source == "pixelnet" else [None] * 3
     assert regionnets == list(zip(previous, backbones))
     assert [b for f, _, b in trained if not f.endswith("/regionnet")] == [None] * 4  # CAM, PixelNets
+
+
+def test_agreement_applies_from_the_second_iteration(monkeypatch):
+    """labels.agreement: the regions of iterations >= 2 (mined from PixelNet's masks) agree with them;
+    the first RegionNet's come from partial seeds and are left as they are."""
+    calls = []
+    monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
+    monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None, bb=None: folder)
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: None)
+    monkeypatch.setattr(
+        loop,
+        "relabel_records",
+        lambda run, stage, m, r, folder, c, t, agreement=False, **k: calls.append((folder, agreement)),
+    )
+    for on in (False, True):
+        calls.clear()
+        loop.mcof(loop.Run(load_config("synthetic", [f"labels.agreement={str(on).lower()}"]), "w", "d"), 3)
+        agreed = [f for f, a in calls if a]
+        assert agreed == (["iter2/regions", "iter3/regions"] if on else [])

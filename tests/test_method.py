@@ -1,6 +1,7 @@
 """The method's pure functions on small hand-made arrays whose right answer can be seen."""
 
 import numpy as np
+import pytest
 
 from mcof_tf.method.labels import drop_absent_classes, paint
 from mcof_tf.method.refine import colour_likelihoods, object_posterior, refine_single_tag
@@ -159,3 +160,13 @@ def test_saliency_background_turns_objects_on_non_salient_pixels_into_background
     assert saliency_background(labels, saliency, 0.1).tolist() == [[0, 3, 0], [0, 255, 5]]
     assert saliency_background(labels, saliency, 0.0).tolist() == labels.tolist()  # off
     assert saliency_background(labels, saliency, 0.1).dtype == np.uint8
+
+
+def test_agreement_keeps_labels_that_equal_the_previous_ones():
+    from mcof_tf.method.labels import agreement
+
+    regions = np.array([[0, 3, 3], [5, 5, 255]], np.uint8)
+    masks = np.array([[0, 3, 0], [5, 255, 255]], np.uint8)
+    assert agreement(regions, masks).tolist() == [[0, 3, 255], [5, 255, 255]]
+    with pytest.raises(ValueError, match="shape"):
+        agreement(regions, masks[:, :2])

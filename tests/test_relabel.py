@@ -218,8 +218,8 @@ def test_cli_with_two_worker_processes(base, tmp_path):
 
 
 def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(base, tmp_path):
-    """labels.prior_correction / prediction_correction / refine_every_iteration / saliency_background
-    choose the job's own
+    """labels.prior_correction / prediction_correction / refine_every_iteration / saliency_background /
+    agreement choose the job's own
     arguments (which are in its fingerprint): changing them must not redo a stage they did not change;
     changing a rule of how labels are made (labels.min_confidence) must."""
     import dataclasses
@@ -233,6 +233,7 @@ def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(bas
         prediction_correction=1.0,
         refine_every_iteration=True,
         saliency_background=0.3,
+        agreement=True,
     )
     again = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=choices), iteration=0)
     assert again["fingerprint"] == first["fingerprint"]
@@ -269,3 +270,45 @@ def test_saliency_background_guards_the_masks_pixelnet_writes(base, tmp_path):
     for stage in ("cam", "regionnet"):
         with pytest.raises(ValueError, match="saliency-background"):
             _run(base, stage, tmp_path / stage, iteration=1, saliency_background=tau)
+
+
+def test_agreement_keeps_the_regions_only_where_they_agree_with_the_masks(base, tmp_path):
+    """With --agreement, RegionNet's regions stay where they equal the labels the records arrive with
+    (PixelNet's masks) and are unlabelled (255) elsewhere; evaluated as "agreed"; records without labels
+    are rejected with the reason; the switch is in the fingerprint only when on, for regionnet only."""
+    cfg, _, classes, paths = base
+    _run(base, "pixelnet", tmp_path / "masks", iteration=1)
+    masks = str(tmp_path / "masks" / "*.tfrecord")
+
+    def regions(out, **kw):
+        return relabel.run(
+            masks,
+            paths["regionnet"],
+            "regionnet",
+            str(tmp_path / out),
+            cfg,
+            classes=classes,
+            pipeline_options=PipelineOptions([]),
+            iteration=2,
+            **kw,
+        )
+
+    plain, agreed = regions("plain"), regions("agreed", agreement=True)
+    assert plain["fingerprint"] != agreed["fingerprint"]
+    assert "agreed" in agreed["metrics"] and "agreed" not in plain["metrics"]
+    previous = {r.id: r.labels for r in records.read_records(masks)}
+    mined = {r.id: r for r in records.read_records(str(tmp_path / "plain" / "*.tfrecord"))}
+    left_out = 0
+    for r in records.read_records(str(tmp_path / "agreed" / "*.tfrecord")):
+        region = mined[r.id].superpixel_labels[r.superpixels]
+        expected = np.where(region == previous[r.id], region, 255)
+        assert r.label_stage == "agreed" and r.superpixel_labels is None
+        assert np.array_equal(r.labels, expected)
+        left_out += int((r.labels == 255).sum())
+    assert left_out > 0  # two untrained networks disagree somewhere
+    with pytest.raises(RuntimeError):  # the preprocessed records carry no labels: every one rejected
+        _run(base, "regionnet", tmp_path / "none", iteration=2, agreement=True)
+    rejected = [json.loads(line) for line in open(tmp_path / "none" / "rejected.jsonl")]
+    assert len(rejected) == 8 and all("no labels to agree with" in r["reason"] for r in rejected)
+    with pytest.raises(ValueError, match="--agreement"):
+        _run(base, "pixelnet", tmp_path / "pixel", iteration=2, agreement=True)

@@ -69,6 +69,15 @@ def saliency_background(labels: np.ndarray, saliency: np.ndarray, threshold: flo
     return np.where(low & objects, 0, labels).astype(labels.dtype)
 
 
+def agreement(labels: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Pixel labels kept where they equal `previous` (same shape), unlabelled (255) where the two
+    differ or either is unlabelled."""
+    labels, previous = np.asarray(labels), np.asarray(previous)
+    if labels.shape != previous.shape:
+        raise ValueError(f"labels {labels.shape} and previous labels {previous.shape} differ in shape")
+    return np.where(labels == previous, labels, IGNORE_LABEL).astype(np.uint8)
+
+
 def paint(region_labels: np.ndarray, superpixels: np.ndarray) -> np.ndarray:
     """Per-superpixel labels → pixel labels (uint8); pixels of no superpixel (-1) get 255."""
     out = np.full(superpixels.shape, IGNORE_LABEL, np.uint8)
