@@ -55,6 +55,7 @@ def test_report_has_every_stage_of_table_3(finished):
         (1, "pixelnet", "val"),
         (1, "pixelnet_crf", "val"),
         (2, "regionnet", "train"),
+        (2, "agreed", "train"),  # labels.agreement (on in the synthetic config): what PixelNet₂ learns
         (2, "pixelnet", "train"),
         (2, "pixelnet_crf", "train"),
         (2, "pixelnet", "val"),
