@@ -363,26 +363,31 @@ def test_a_regionnet_is_redone_when_the_network_its_backbone_came_from_changed(t
     assert training.stale_reason(str(tmp_path), again) == "the network its backbone starts from changed"
 
 
-@pytest.mark.parametrize("every, variant", [(False, "mcof"), (True, "mcof"), (True, "no_saliency")])
-def test_which_iterations_refine_regions(every, variant, monkeypatch):
-    """Algorithm 1 refines RegionNet's regions at iteration 1 only; labels.refine_every_iteration at
-    every iteration; the no-saliency ablation never (its point). labels.saliency_background guards
-    PixelNet's training-set masks (the next seeds) at every iteration, but not the no-saliency ablation's."""
+def _relabel_jobs(monkeypatch, cfg, variant="mcof") -> list[tuple[str, dict]]:
+    """The relabel jobs Algorithm 1 asks for over 3 iterations: (folder, keyword arguments), nothing run."""
     calls = []
     monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
     monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None, bb=None: folder)
     monkeypatch.setattr(loop, "validate", lambda *a, **k: None)
     monkeypatch.setattr(
-        loop,
-        "relabel_records",
-        lambda run, stage, m, r, folder, c, t, refine=False, saliency_background=0.0, **k: calls.append(
-            (folder, refine, saliency_background)
-        ),
+        loop, "relabel_records", lambda run, stage, m, r, folder, c, t, **k: calls.append((folder, k))
     )
+    loop.mcof(loop.Run(cfg, "w", "d", variant), 3)
+    return calls
+
+
+@pytest.mark.parametrize("every, variant", [(False, "mcof"), (True, "mcof"), (True, "no_saliency")])
+def test_which_iterations_refine_regions(every, variant, monkeypatch):
+    """Algorithm 1 refines RegionNet's regions at iteration 1 only; labels.refine_every_iteration at
+    every iteration; the no-saliency ablation never (its point). labels.saliency_background guards
+    PixelNet's training-set masks (the next seeds) at every iteration, but not the no-saliency ablation's."""
     cfg = load_config(
         "synthetic", [f"labels.refine_every_iteration={str(every).lower()}", "labels.saliency_background=0.1"]
     )
-    loop.mcof(loop.Run(cfg, "w", "d", variant), 3)
+    calls = [
+        (f, k.get("refine", False), k.get("saliency_background", 0.0))
+        for f, k in _relabel_jobs(monkeypatch, cfg, variant)
+    ]
     regions = ["iter1/regions", "iter2/regions", "iter3/regions"]
     assert [f for f, _, _ in calls if f.endswith("/regions")] == regions
     expected = [] if variant == "no_saliency" else regions if every else regions[:1]
@@ -390,6 +395,15 @@ def test_which_iterations_refine_regions(every, variant, monkeypatch):
     guarded = [] if variant == "no_saliency" else [f"iter{t}/masks" for t in (1, 2, 3)]
     assert [f for f, _, guard in calls if guard == 0.1] == guarded
     assert all(guard == 0.0 for f, _, guard in calls if f not in guarded)  # seeds, regions
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_agreement_applies_from_the_second_iteration(on, monkeypatch):
+    """labels.agreement: the regions of iterations >= 2 (mined from PixelNet's masks) agree with them;
+    the first RegionNet's come from partial seeds and are left as they are."""
+    cfg = load_config("synthetic", [f"labels.agreement={str(on).lower()}"])
+    agreed = [f for f, k in _relabel_jobs(monkeypatch, cfg) if k.get("agreement")]
+    assert agreed == (["iter2/regions", "iter3/regions"] if on else [])
 
 
 @pytest.mark.parametrize("source", ["own", "pixelnet"])
@@ -413,22 +427,3 @@ def test_where_the_regionnets_backbones_start(source, monkeypatch):
     backbones = [None, "iter1/pixelnet", "iter2/pixelnet"] if source == "pixelnet" else [None] * 3
     assert regionnets == list(zip(previous, backbones))
     assert [b for f, _, b in trained if not f.endswith("/regionnet")] == [None] * 4  # CAM, PixelNets
-
-
-def test_agreement_applies_from_the_second_iteration(monkeypatch):
-    """labels.agreement: the regions of iterations >= 2 (mined from PixelNet's masks) agree with them;
-    the first RegionNet's come from partial seeds and are left as they are."""
-    calls = []
-    monkeypatch.setattr(loop, "preprocess_split", lambda run, split: (split, {"classes": ["bg", "a"]}))
-    monkeypatch.setattr(loop, "train_network", lambda run, net, rec, folder, C, prev=None, bb=None: folder)
-    monkeypatch.setattr(loop, "validate", lambda *a, **k: None)
-    monkeypatch.setattr(
-        loop,
-        "relabel_records",
-        lambda run, stage, m, r, folder, c, t, agreement=False, **k: calls.append((folder, agreement)),
-    )
-    for on in (False, True):
-        calls.clear()
-        loop.mcof(loop.Run(load_config("synthetic", [f"labels.agreement={str(on).lower()}"]), "w", "d"), 3)
-        agreed = [f for f, a in calls if a]
-        assert agreed == (["iter2/regions", "iter3/regions"] if on else [])
