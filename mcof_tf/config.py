@@ -230,6 +230,10 @@ class TrainConfig:
     # tf.distribute devices; empty: every local GPU, or the CPU when there is none
     devices: list[str] = field(default_factory=list)
     steps_per_epoch: int = 0  # 0: one pass over the training records per epoch
+    # A training stage backs itself up (resume after a kill) at an epoch's end once this many seconds
+    # have passed since its last backup; 0: every epoch (each backup of the default networks cost 0.15 s).
+    # Multi-worker training backs up every epoch: its workers must agree on when.
+    backup_seconds: float = 30.0
     # Start RegionNet / PixelNet of iteration t+1 from those of iteration t (the paper restarts from
     # ImageNet weights; short from-scratch CPU schedules forget what the iteration before learnt).
     warm_start: bool = False

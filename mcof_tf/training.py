@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -83,6 +84,7 @@ class Network:
     metrics: Callable[[int], list]  # num_classes → metrics
     classifier: str  # layer with the 10x / 20x learning rate
     batch: Callable[..., tuple]  # (pipeline batch dict, num_classes, cfg) → (inputs, targets)
+    maps: tuple[str, ...]  # the records' per-pixel maps `batch` reads (the others are not decoded)
 
 
 def _backbone(cfg: Config) -> dict:
@@ -157,12 +159,24 @@ def _segmentation_metrics(num_classes):
 # Named functions, not lambdas: tf.data's autograph re-reads a function's source by line, and
 # several lambdas on one line (or a file edited under a running job) make it convert the wrong one.
 NETWORKS = {
-    "cam": Network("cam", _build_cam, _tag_bce, _tag_metrics, CAM_CLASSIFIER, _cam_batch),
+    "cam": Network("cam", _build_cam, _tag_bce, _tag_metrics, CAM_CLASSIFIER, _cam_batch, ("image",)),
     "regionnet": Network(
-        "regionnet", _build_regionnet, _masked_ce, _segmentation_metrics, REGION_CLASSIFIER, _regionnet_batch
+        "regionnet",
+        _build_regionnet,
+        _masked_ce,
+        _segmentation_metrics,
+        REGION_CLASSIFIER,
+        _regionnet_batch,
+        ("image", "superpixels", "labels"),
     ),
     "pixelnet": Network(
-        "pixelnet", _build_pixelnet, _masked_ce, _segmentation_metrics, PIXEL_CLASSIFIER, _pixelnet_batch
+        "pixelnet",
+        _build_pixelnet,
+        _masked_ce,
+        _segmentation_metrics,
+        PIXEL_CLASSIFIER,
+        _pixelnet_batch,
+        ("image", "labels"),
     ),
 }
 
@@ -235,6 +249,7 @@ def input_dataset(
         batch_size=batch_size,
         seed=cfg.experiment.seed,
         shard=shard,
+        maps=net.maps,
     )
     ds = ds.map(
         plain(functools.partial(net.batch, num_classes=num_classes, cfg=cfg)),
@@ -310,6 +325,27 @@ def compiled_network(
         # under a non-default strategy).
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+class TimedBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, writing its backup at the end of an epoch only once `seconds` have
+    passed since the last one (0: every epoch). A backup of the small default networks took 0.15 s, a
+    tenth of a PixelNet epoch, and the default run trains 240 epochs; a kill now loses at most
+    `seconds` of training, and resumes at the last backed-up epoch as before."""
+
+    def __init__(self, backup_dir: str, seconds: float, clock: Callable[[], float] = time.monotonic):
+        # double_checkpoint: a kill while the backup is being written leaves the previous one usable
+        super().__init__(backup_dir, double_checkpoint=True)
+        self.seconds, self.clock = seconds, clock
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.last = self.clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.clock() - self.last >= self.seconds:
+            super().on_epoch_end(epoch, logs)
+            self.last = self.clock()
 
 
 class ImagePreviews(keras.callbacks.Callback):
@@ -430,8 +466,7 @@ def train(
         n = copy_shared_layers(model, load_model(backbone_from))
         log.info(f"train {network}: backbone ({n} layers) from {backbone_from}")
     callbacks = [
-        # double_checkpoint: a kill while the backup is being written leaves the previous one usable
-        keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
+        TimedBackup(backup, cfg.train.backup_seconds),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
         ImagePreviews(network, records, num_classes, cfg, os.path.join(out_dir, "logs")),
         *callbacks,
@@ -553,7 +588,7 @@ INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it
 # train.* keys that say how a stage runs, not what it learns from: they may change between a run and
 # its resumption (another machine), and a finished stage is not redone for them. Its actual dtype
 # policy is in its train.json.
-EXECUTION_KEYS = ("devices", "mixed_precision")
+EXECUTION_KEYS = ("devices", "mixed_precision", "backup_seconds")
 # a stage's keys that only a warm-started network uses; 0 means "as the cold start" (StageConfig)
 WARM_KEYS = ("warm_epochs", "warm_learning_rate")
 
@@ -611,7 +646,8 @@ def label_shares(network: NetworkName, records: str, cfg: Config, num_classes: i
 
     files = sorted(fileio.glob(records))
     ds = tf.data.TFRecordDataset(files).map(
-        plain(lambda s: counts(decode_example(s, num_classes))), num_parallel_calls=tf.data.AUTOTUNE
+        plain(lambda s: counts(decode_example(s, num_classes, NETWORKS[network].maps))),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
     total = ds.reduce(tf.zeros([num_classes], tf.int64), plain(lambda a, c: a + c)).numpy()
     if not total.sum():

@@ -50,6 +50,13 @@ def test_numpy_round_trip_keeps_every_field():
     assert back.tag_indices == [2] and back.label_stage == "seeds" and back.labels is None
 
 
+def test_a_record_is_the_same_bytes_in_every_process():
+    """Features in key order (a protobuf map's own order follows the process's string hashing), so the
+    jobs' files are the same bytes run after run: what deterministic serialisation of the record writes."""
+    encoded = records.encode(_record())
+    assert tf.train.Example.FromString(encoded).SerializeToString(deterministic=True) == encoded
+
+
 def test_uint16_superpixels_survive():
     rec = _record()
     rec.superpixels = np.arange(600, dtype=np.int32).reshape(20, 30) * 100  # ids up to 59,900
@@ -79,6 +86,25 @@ def test_tf_decode_matches_numpy_and_paints_superpixel_labels():
     want = np.array([1, 255, 2, 0, 3, 255])[rec.superpixels]
     assert (ex["labels"].numpy() == want).all() and bool(ex["has_labels"])
     assert (ex["groundtruth"].numpy() == rec.groundtruth).all() and bool(ex["has_groundtruth"])
+
+
+def test_tf_decode_makes_only_the_maps_asked_for():
+    rec = _record()
+    encoded = tf.constant(records.encode(rec))
+    ex = records.decode_example(encoded, 4, maps=("image", "labels"))  # what PixelNet learns from
+    assert "image" in ex and "labels" in ex
+    assert not {"superpixels", "saliency", "groundtruth"} & set(ex)
+    # the labels are still painted from the superpixel labels, the superpixels decoded for it
+    want = np.array([1, 255, 2, 0, 3, 255])[rec.superpixels]
+    assert (ex["labels"].numpy() == want).all() and bool(ex["has_labels"]) and bool(ex["has_groundtruth"])
+    assert sorted(records.decode_example(encoded, 4, maps=())) == [
+        "has_groundtruth",
+        "has_labels",
+        "id",
+        "tags",
+    ]
+    with pytest.raises(ValueError, match="unknown maps"):
+        records.decode_example(encoded, 4, maps=("image", "mask"))
 
 
 def test_tf_decode_fills_absent_optional_maps_with_void():
@@ -140,6 +166,26 @@ def test_seed_fixes_order_and_augmentation(tmp_path):
     a, b, c = first(5), first(5), first(6)
     assert all((x == y).all() for x, y in zip(a, b))
     assert any((x != y).any() for x, y in zip(a, c))
+
+
+def test_a_pipeline_of_fewer_maps_gives_the_same_batches_of_those(tmp_path):
+    """A network's training input decodes only its maps (training.Network.maps); the images and
+    labels, their order and their augmentation are those of the full pipeline."""
+    pattern = _shards(tmp_path)
+
+    def batches(maps, training=True):
+        ds = pipeline.make_dataset(
+            pattern, 4, batch_size=2, training=training, crop_size=16, seed=1, maps=maps, repeat=False
+        )
+        return list(ds.take(3))
+
+    full, few = batches(None), batches(("labels",))
+    assert sorted(few[0]) == ["has_groundtruth", "has_labels", "id", "image", "labels", "tags"]
+    for a, b in zip(full, few):
+        for key in ("id", "image", "labels"):
+            assert (a[key].numpy() == b[key].numpy()).all()
+    (whole,) = batches(("superpixels",), training=False)[:1]  # evaluation batches pad what they hold
+    assert "superpixels" in whole and "labels" not in whole and whole["image"].shape == (2, 20, 30, 3)
 
 
 def test_eval_pipeline_pads_whole_images(tmp_path):

@@ -13,9 +13,10 @@ from test_loop import TINY_RUN
 
 pytestmark = pytest.mark.slow  # end-to-end runs: pytest -m "not slow" skips them
 
-# PixelNet gets 4 epochs so that a kill can land inside one (after epoch 2's backup)
+# PixelNet gets 4 epochs so that a kill can land inside one (after epoch 2's backup: one after every
+# epoch, as these take milliseconds)
 ARGS = ["--iter", "1", "--no-export"] + [
-    a for kv in TINY_RUN + ["train.pixelnet.epochs=4"] for a in ("--set", kv)
+    a for kv in TINY_RUN + ["train.pixelnet.epochs=4", "train.backup_seconds=0"] for a in ("--set", kv)
 ]
 
 

@@ -71,6 +71,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01)
+    cfg.train.backup_seconds = 0  # a backup after every epoch: these take milliseconds
     with pytest.raises(KeyboardInterrupt):
         training.train(
             "pixelnet",
@@ -96,6 +97,29 @@ def test_training_resumes_from_its_backup(labelled_records, tiny_cfg, tmp_path):
     )
     for a, b in zip(model.get_weights(), whole.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_backups_are_at_most_so_many_seconds_apart(tmp_path):
+    """TimedBackup writes at an epoch's end once `seconds` passed since its last backup (or the start),
+    recording the epochs done, from which a resumed run goes on."""
+    now = [0.0]
+    backup = training.TimedBackup(str(tmp_path / "backup"), 25, clock=lambda: now[0])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup.set_model(model)
+    backup.on_train_begin()
+    done = []
+    for epoch in range(6):
+        now[0] += 10  # each epoch takes 10 s
+        backup.on_epoch_end(epoch)
+        done.append(training._backed_up_epochs(str(tmp_path / "backup")))
+    assert done == [0, 0, 3, 3, 3, 6]  # backups at 30 s and 60 s
+    assert (tmp_path / "backup" / "latest.weights.h5").exists()
+    every = training.TimedBackup(str(tmp_path / "every"), 0, clock=lambda: now[0])
+    every.set_model(model)
+    every.on_train_begin()
+    every.on_epoch_end(0)  # no time passed: 0 s means every epoch
+    assert training._backed_up_epochs(str(tmp_path / "every")) == 1
 
 
 def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_path):

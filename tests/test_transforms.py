@@ -1,6 +1,7 @@
 """The Beam jobs' composite transforms under TestPipeline, checked with assert_that."""
 
 import json
+import os
 import re
 
 import apache_beam as beam
@@ -149,6 +150,14 @@ def test_progress_lines_have_rate_and_eta_and_expected_counts_follow_the_runner(
     free = common.Progress("preprocess", every=0)
     free.start()
     assert re.fullmatch(r"preprocess: worker \d+: 1 images, [\d.]+ images/s", free.tick())
-    two = PipelineOptions(["--direct_num_workers", "2"])
-    assert common.expected_per_worker(two, 5) == 3 and common.expected_per_worker(None, 5) == 5
+    two = PipelineOptions(["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    assert common.expected_per_worker(two, 5) == 3
+    one = PipelineOptions(["--direct_num_workers", "1", "--direct_running_mode", "multi_threading"])
+    assert common.expected_per_worker(one, 5) == 5  # explicit options are kept
+    # left to the project: the in-process runner on two threads (one where the machine has one core)
+    default = common.local_options(PipelineOptions([])).get_all_options()
+    assert default["runner"] == "FnApiRunner" and default["direct_running_mode"] == "multi_threading"
+    threads = min(common.LOCAL_THREADS, os.cpu_count())
+    assert default["direct_num_workers"] == threads
+    assert common.expected_per_worker(None, 5) == -(-5 // threads)
     assert common.expected_per_worker(PipelineOptions(["--runner", "DataflowRunner"]), 5) is None

@@ -45,10 +45,13 @@ def list_files(pattern: str) -> list[str]:
 
 def _to_float_maps(ex: dict, mean_rgb: Sequence[float]) -> dict:
     out = dict(ex)
-    out["image"] = tf.cast(ex["image"], tf.float32) - tf.constant(mean_rgb, tf.float32)
-    out["labels"] = tf.cast(ex["labels"], tf.int32)
-    out["groundtruth"] = tf.cast(ex["groundtruth"], tf.int32)
-    out["saliency"] = tf.cast(ex["saliency"], tf.float32) / 255.0
+    if "image" in ex:
+        out["image"] = tf.cast(ex["image"], tf.float32) - tf.constant(mean_rgb, tf.float32)
+    for key in ("labels", "groundtruth"):
+        if key in ex:
+            out[key] = tf.cast(ex[key], tf.int32)
+    if "saliency" in ex:
+        out["saliency"] = tf.cast(ex["saliency"], tf.float32) / 255.0
     return out
 
 
@@ -106,13 +109,16 @@ def make_dataset(
     seed: int = 0,
     repeat: Optional[bool] = None,
     shard: tuple[int, int] = (1, 0),
+    maps: Optional[Sequence[str]] = None,
 ) -> tf.data.Dataset:
     """Batches of dicts (image, tags, labels, groundtruth, saliency, superpixels, id, ...).
 
     training=True: shuffled (files and examples), augmented to crop_size², repeated, fixed-size batches.
     training=False: file order, full-size images, padded batches (image 0, labels 255, superpixels -1).
     shard: (count, index): this reader takes every count-th example from index (multi-worker input).
+    maps: the per-pixel maps to decode (records.MAPS, "image" always among them; default all).
     """
+    maps = records.MAPS if maps is None else tuple(dict.fromkeys(("image", *maps)))
     files = list_files(pattern)
 
     def examples(epoch):
@@ -150,7 +156,7 @@ def make_dataset(
     epochs = tf.data.Dataset.counter() if repeated else tf.data.Dataset.range(1)
     ds = epochs.flat_map(plain(examples))
     ds = ds.map(
-        plain(lambda s: _to_float_maps(records.decode_example(s, num_classes), mean_rgb)),
+        plain(lambda s: _to_float_maps(records.decode_example(s, num_classes, maps), mean_rgb)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -163,19 +169,19 @@ def make_dataset(
         )
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
+        padding = {
+            "id": "",
+            "image": 0.0,
+            "tags": 0.0,
+            "superpixels": -1,
+            "saliency": 0.0,
+            "groundtruth": IGNORE_LABEL,
+            "has_groundtruth": False,
+            "labels": IGNORE_LABEL,
+            "has_labels": False,
+        }
         ds = ds.padded_batch(
-            batch_size,
-            padding_values={
-                "id": "",
-                "image": 0.0,
-                "tags": 0.0,
-                "superpixels": -1,
-                "saliency": 0.0,
-                "groundtruth": IGNORE_LABEL,
-                "has_groundtruth": False,
-                "labels": IGNORE_LABEL,
-                "has_labels": False,
-            },
+            batch_size, padding_values={k: v for k, v in padding.items() if k in ds.element_spec}
         )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -190,6 +196,7 @@ def dataset_from_config(
     seed: int = 0,
     repeat: Optional[bool] = None,
     shard: tuple[int, int] = (1, 0),
+    maps: Optional[Sequence[str]] = None,
 ) -> tf.data.Dataset:
     """`make_dataset` with the settings of a config's `input:` section."""
     return make_dataset(
@@ -206,4 +213,5 @@ def dataset_from_config(
         seed=seed,
         repeat=repeat,
         shard=shard,
+        maps=maps,
     )

@@ -24,6 +24,7 @@ Two readers share these keys: `parse_example` (numpy, for Beam DoFns and evaluat
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -165,7 +166,9 @@ def encode(rec: Record) -> bytes:
     if rec.labels is not None or rec.superpixel_labels is not None:
         feats[LABEL_STAGE] = b(rec.label_stage.encode())
         feats[LABEL_ITERATION] = i([rec.label_iteration])
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    # deterministic: the features in key order, so that the same record is the same bytes in every
+    # process (the map's own order varies with Python's string hashing)
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
 def _proto(serialized: bytes):
@@ -217,15 +220,25 @@ def _record(ex) -> Record:
     )
 
 
-def decode_example(serialized, num_classes: int) -> dict:
+MAPS = ("image", "superpixels", "saliency", "groundtruth", "labels")  # the per-pixel maps decode_example makes
+
+
+def decode_example(serialized, num_classes: int, maps: Optional[Sequence[str]] = None) -> dict:
     """TF ops: serialized example → dict of tensors for tf.data.
 
     Keys: id, image (H×W×3 uint8), tags (float32, C-1), superpixels (H×W int32), saliency (H×W uint8),
     groundtruth / labels (H×W uint8, all 255 when absent), has_groundtruth / has_labels (bool).
     When an example carries only per-superpixel labels, `labels` is painted from them.
+    `maps`: the per-pixel maps to decode (default: all of MAPS); the others are left out, not decoded
+    (a training input decodes what its network learns from: the PNGs it skips were a third of the
+    small default PixelNet's input pipeline).
     """
     import tensorflow as tf
 
+    maps = MAPS if maps is None else tuple(maps)
+    unknown = set(maps) - set(MAPS)
+    if unknown:
+        raise ValueError(f"decode_example: unknown maps {sorted(unknown)}; expected some of {MAPS}")
     spec = {
         ID: tf.io.FixedLenFeature([], tf.string),
         IMAGE: tf.io.FixedLenFeature([], tf.string),
@@ -240,11 +253,10 @@ def decode_example(serialized, num_classes: int) -> dict:
     }
     ex = tf.io.parse_single_example(serialized, spec)
     h, w = tf.cast(ex[HEIGHT], tf.int32), tf.cast(ex[WIDTH], tf.int32)
-    image = tf.io.decode_image(ex[IMAGE], channels=3, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
-    superpixels = tf.cast(tf.io.decode_png(ex[SUPERPIXELS], dtype=tf.uint16)[..., 0], tf.int32)
-    saliency = tf.io.decode_png(ex[SALIENCY], channels=1)[..., 0]
     void = tf.fill([h, w], tf.constant(IGNORE_LABEL, tf.uint8))
+
+    def superpixels():
+        return tf.cast(tf.io.decode_png(ex[SUPERPIXELS], dtype=tf.uint16)[..., 0], tf.int32)
 
     def optional_png(data):
         return tf.cond(
@@ -254,24 +266,33 @@ def decode_example(serialized, num_classes: int) -> dict:
     sp_labels = tf.sparse.to_dense(ex[SUPERPIXEL_LABELS])
     has_pixel_labels = tf.strings.length(ex[LABELS]) > 0
     has_sp_labels = tf.size(sp_labels) > 0
-    labels = tf.cond(
-        has_pixel_labels,
-        lambda: tf.io.decode_png(ex[LABELS], channels=1)[..., 0],
-        lambda: tf.cond(
-            has_sp_labels, lambda: tf.cast(tf.gather(sp_labels, superpixels), tf.uint8), lambda: void
-        ),
-    )
-    return {
+    out = {
         "id": ex[ID],
-        "image": image,
         "tags": tf.cast(ex[TAGS], tf.float32),
-        "superpixels": superpixels,
-        "saliency": saliency,
-        "groundtruth": optional_png(ex[GROUNDTRUTH]),
         "has_groundtruth": tf.strings.length(ex[GROUNDTRUTH]) > 0,
-        "labels": labels,
         "has_labels": has_pixel_labels | has_sp_labels,
     }
+    if "image" in maps:
+        out["image"] = tf.ensure_shape(
+            tf.io.decode_image(ex[IMAGE], channels=3, expand_animations=False), [None, None, 3]
+        )
+    if "superpixels" in maps:
+        out["superpixels"] = superpixels()
+    if "saliency" in maps:
+        out["saliency"] = tf.io.decode_png(ex[SALIENCY], channels=1)[..., 0]
+    if "groundtruth" in maps:
+        out["groundtruth"] = optional_png(ex[GROUNDTRUTH])
+    if "labels" in maps:
+        def painted():  # from per-superpixel labels (decoding the superpixels here if not asked for)
+            sp = out["superpixels"] if "superpixels" in out else superpixels()
+            return tf.cast(tf.gather(sp_labels, sp), tf.uint8)
+
+        out["labels"] = tf.cond(
+            has_pixel_labels,
+            lambda: tf.io.decode_png(ex[LABELS], channels=1)[..., 0],
+            lambda: tf.cond(has_sp_labels, painted, lambda: void),
+        )
+    return out
 
 
 def write_records(path: str, records) -> int:
