@@ -270,8 +270,8 @@ def local_options(options=None):
     forward pass (TensorFlow releases Python's lock) with another's dense CRF and label rules (which
     hold it): the default loop's relabel stages ran at 101 % CPU on one thread (Intel Xeon, 2 cores;
     a masks stage 12.0 s against 10.0 s on two, preprocess 6.5 s against 4.7 s). Explicit options are
-    respected: --direct_running_mode multi_processing for worker processes, --direct_running_mode
-    multi_threading --direct_num_workers 1 for one thread."""
+    respected: --direct_num_workers 1 for one in-memory worker, --direct_running_mode multi_processing
+    for worker processes."""
     import os
 
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -280,7 +280,11 @@ def local_options(options=None):
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
         direct = options.view_as(DirectOptions)
-        if direct.direct_running_mode == "in_memory" and (direct.direct_num_workers or 1) == 1:
+        # Beam's defaults read the same as flags that name them (--direct_num_workers 1): the flags
+        # the options were made from (Beam keeps them in `_flags`) tell them apart
+        named = [f.split("=")[0] for f in getattr(options, "_flags", None) or ()]
+        chosen = {"--direct_running_mode", "--direct_num_workers"} & set(named)
+        if not chosen and direct.direct_running_mode == "in_memory" and (direct.direct_num_workers or 1) == 1:
             direct.direct_running_mode = "multi_threading"
             direct.direct_num_workers = min(LOCAL_THREADS, os.cpu_count() or 1)
     return options

@@ -152,8 +152,9 @@ def test_progress_lines_have_rate_and_eta_and_expected_counts_follow_the_runner(
     assert re.fullmatch(r"preprocess: worker \d+: 1 images, [\d.]+ images/s", free.tick())
     two = PipelineOptions(["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
     assert common.expected_per_worker(two, 5) == 3
-    one = PipelineOptions(["--direct_num_workers", "1", "--direct_running_mode", "multi_threading"])
-    assert common.expected_per_worker(one, 5) == 5  # explicit options are kept
+    one = PipelineOptions(["--direct_num_workers", "1"])  # Beam's default, named: kept
+    assert common.expected_per_worker(one, 5) == 5
+    assert one.get_all_options()["direct_running_mode"] == "in_memory"
     # left to the project: the in-process runner on two threads (one where the machine has one core)
     default = common.local_options(PipelineOptions([])).get_all_options()
     assert default["runner"] == "FnApiRunner" and default["direct_running_mode"] == "multi_threading"
