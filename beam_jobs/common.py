@@ -238,7 +238,7 @@ class Progress:
         import threading
 
         # the thread's id: the process id for a process's main thread, another for each local thread
-        self.pid, self.count = threading.get_native_id(), 0
+        self.worker, self.count = threading.get_native_id(), 0
         self.started = self.last = time.monotonic()
 
     def tick(self) -> Optional[str]:
@@ -248,7 +248,7 @@ class Progress:
             return None
         self.last = now
         rate = self.count / max(now - self.started, 1e-9)
-        line = f"{self.what}: worker {self.pid}: {self.count}"
+        line = f"{self.what}: worker {self.worker}: {self.count}"
         if self.expected:
             left = max(self.expected - self.count, 0)
             line += f"/{self.expected} images, {rate:.1f} images/s, ETA {left / rate:.0f} s"
