@@ -3,7 +3,7 @@
     python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
                                 --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
                                 [--prior-correction [S]] [--saliency-background TAU] [--agreement]
-                                [Beam options]
+                                [--region-crf] [Beam options]
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
@@ -23,6 +23,12 @@ labels keep those shares instead of the class-balanced loss's shift towards rare
 --agreement (regionnet): the regions are kept only where they agree with the labels the records arrive
 with (the previous PixelNet's masks, from iteration 2 on), unlabelled (255) elsewhere (config
 labels.agreement; `mcof_tf.method.labels.agreement`), evaluated as "agreed".
+
+--region-crf (regionnet): RegionNet's per-superpixel probabilities, painted over the image, are refined
+by a dense CRF (config labels.region_crf), evaluated as "regionnet_crf"; what follows (--refine,
+--agreement) starts from the CRF's labels. Superpixel features pooled from a stride-8 feature map carry
+an object's look into the background superpixels around it; the CRF's colour and position terms cut
+that halo back to the object's edges.
 
 --saliency-background TAU (pixelnet, training images): object labels on pixels whose saliency is below
 TAU (0..1) become background in the masks written for the next stage (config labels.saliency_background;
@@ -196,6 +202,7 @@ class LabelRules(beam.DoFn):
         progress: Optional[common.Progress] = None,
         saliency_background: float = 0.0,
         agreement: bool = False,
+        region_crf: bool = False,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -208,6 +215,7 @@ class LabelRules(beam.DoFn):
         self.prior_offsets = None if prior_offsets is None else np.asarray(prior_offsets, np.float32)
         self.saliency_background = saliency_background  # see --saliency-background
         self.agreement = agreement  # see --agreement
+        self.region_crf = region_crf  # see --region-crf
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
@@ -277,6 +285,14 @@ class LabelRules(beam.DoFn):
             region = self._tag_argmax(scores, enforce)
             pixels = paint(region, rec.superpixels)
             produced = {"regionnet": pixels}
+            if self.region_crf:
+                from mcof_tf.data.voc import IGNORE_LABEL
+                from mcof_tf.method.refine import crf_regions
+
+                probs = crf_regions(rec.image, rec.superpixels, scores, enforce)
+                pixels = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
+                pixels[rec.superpixels < 0] = IGNORE_LABEL
+                produced["regionnet_crf"], region = pixels, None  # labels per pixel from here on
             if self.refine and len(tags) == 1:
                 from mcof_tf.method.refine import refine_single_tag
 
@@ -284,6 +300,8 @@ class LabelRules(beam.DoFn):
                 rec.label_stage = "refined"
             else:
                 rec.superpixel_labels, rec.label_stage = region, "regionnet"
+                if region is None:
+                    rec.labels = pixels
             if self.refine:
                 produced["refined"] = rec.labels if rec.labels is not None else pixels
             if self.agreement:
@@ -347,6 +365,7 @@ LOOP_CHOICES = (
     "refine_every_iteration",
     "saliency_background",
     "agreement",
+    "region_crf",
 )
 
 
@@ -365,6 +384,7 @@ def run(
     prior_correction: float = 0.0,
     saliency_background: float = 0.0,
     agreement: bool = False,
+    region_crf: bool = False,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -382,6 +402,8 @@ def run(
         raise ValueError(f"--saliency-background applies to the pixelnet stage, not {stage}")
     if agreement and stage != "regionnet":
         raise ValueError(f"--agreement applies to the regionnet stage, not {stage}")
+    if region_crf and stage != "regionnet":
+        raise ValueError(f"--region-crf applies to the regionnet stage, not {stage}")
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
@@ -411,6 +433,7 @@ def run(
             # only when on: a workdir labelled before the guard existed is not redone
             **({"saliency_background": saliency_background} if saliency_background else {}),
             **({"agreement": True} if agreement else {}),
+            **({"region_crf": True} if region_crf else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -436,6 +459,7 @@ def run(
             common.Progress(f"relabel {stage}", common.expected_per_worker(pipeline_options, read)),
             saliency_background,
             agreement,
+            region_crf,
         )
         scores = (
             beam.Map(parsed)
@@ -494,6 +518,7 @@ def run(
                 "prior_offsets": fingerprint_offsets,
                 "saliency_background": saliency_background,
                 "agreement": agreement,
+                "region_crf": region_crf,
                 "classes": list(classes),
                 "metrics": metrics,
                 "stats": stats,
@@ -556,6 +581,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="regionnet: keep the regions only where they agree with the records' labels (255 elsewhere)",
     )
+    parser.add_argument(
+        "--region-crf",
+        action="store_true",
+        help="regionnet: refine the regions with a dense CRF over RegionNet's probabilities",
+    )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
@@ -577,6 +607,7 @@ def main(argv=None) -> int:
             prior_correction=args.prior_correction,
             saliency_background=args.saliency_background,
             agreement=args.agreement,
+            region_crf=args.region_crf,
         )
     except (
         ConfigError,

@@ -153,6 +153,12 @@ class LabelsConfig:
     # views of the same objects, superpixel features and pixel context, whose disagreements hold a large
     # share of the errors of both (README, "Regions that agree with the masks").
     agreement: bool = False
+    # region_crf: RegionNet's regions O are refined by a dense CRF over its per-superpixel probabilities
+    # (painted over the image) before anything else uses them, at every iteration. A deviation from
+    # Algorithm 1: RoI features pooled from a stride-8 feature map carry a small object's look into the
+    # background superpixels around it, which RegionNet then labels as the object; the CRF's colour
+    # and position terms cut that halo back to the object's edges (README, "A CRF over the regions").
+    region_crf: bool = False
 
 
 @dataclass

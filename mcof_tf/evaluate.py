@@ -126,4 +126,13 @@ def stats_entry(summed: np.ndarray, classes: Sequence[str]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- report
 
-STAGE_ORDER = ("seeds", "regionnet", "refined", "agreed", "pixelnet", "pixelnet_crf", "masks")
+STAGE_ORDER = (
+    "seeds",
+    "regionnet",
+    "regionnet_crf",
+    "refined",
+    "agreed",
+    "pixelnet",
+    "pixelnet_crf",
+    "masks",
+)

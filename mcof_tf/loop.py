@@ -132,6 +132,7 @@ def relabel_records(
     prior_correction: float = 0.0,
     saliency_background: float = 0.0,
     agreement: bool = False,
+    region_crf: bool = False,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -148,6 +149,7 @@ def relabel_records(
         prior_correction=prior_correction,
         saliency_background=saliency_background,
         agreement=agreement,
+        region_crf=region_crf,
     )
     return os.path.join(out, "*.tfrecord")
 
@@ -214,7 +216,8 @@ def mcof(run: Run, iterations: int) -> str:
             regionnet = train_network(run, "regionnet", seeds, f"{it}/regionnet", C, regionnet, features)
             refine = (t == 0 or run.cfg.labels.refine_every_iteration) and run.variant != "no_saliency"
             # 4-8: at t = 0 refine O with saliency maps (single-tag images); else O^R = O (unless
-            # labels.refine_every_iteration; with labels.agreement, O only where it agrees with S)
+            # labels.refine_every_iteration; with labels.agreement, O only where it agrees with S;
+            # labels.region_crf: O refined by a dense CRF first)
             regions = relabel_records(
                 run,
                 "regionnet",
@@ -226,6 +229,7 @@ def mcof(run: Run, iterations: int) -> str:
                 refine=refine,
                 prior_correction=corrects(prior, "regionnet", t),
                 agreement=t > 0 and run.cfg.labels.agreement,
+                region_crf=run.cfg.labels.region_crf,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet

@@ -46,6 +46,7 @@ def _metric_rows(workdir: str, last: Optional[int] = None) -> list[dict]:
     add("seeds", "seeds", "seeds", "train", 0)
     for t in _iterations(workdir, last):
         add(f"iter{t}/regions", "regionnet", "regionnet", "train", t)
+        add(f"iter{t}/regions", "regionnet_crf", "regionnet_crf", "train", t)  # labels.region_crf
         add(f"iter{t}/regions", "refined", "refined", "train", t)
         add(f"iter{t}/regions", "agreed", "agreed", "train", t)  # labels.agreement: what PixelNet learns
         add(f"iter{t}/masks", "pixelnet", "pixelnet", "train", t)

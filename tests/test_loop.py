@@ -406,6 +406,17 @@ def test_agreement_applies_from_the_second_iteration(on, monkeypatch):
     assert agreed == (["iter2/regions", "iter3/regions"] if on else [])
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_region_crf_applies_to_every_iterations_regions(on, monkeypatch):
+    """labels.region_crf: RegionNet's halo is not an iteration-1 matter, so every iteration's regions
+    go through the CRF; no other job is asked for it."""
+    cfg = load_config("synthetic", [f"labels.region_crf={str(on).lower()}"])
+    jobs = _relabel_jobs(monkeypatch, cfg)
+    assert [f for f, k in jobs if k.get("region_crf")] == (
+        ["iter1/regions", "iter2/regions", "iter3/regions"] if on else []
+    )
+
+
 @pytest.mark.parametrize("source", ["own", "pixelnet"])
 def test_where_the_regionnets_backbones_start(source, monkeypatch):
     """train.regionnet_backbone: own: each RegionNet starts from the previous one only (warm_start);

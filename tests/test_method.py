@@ -170,3 +170,29 @@ def test_agreement_keeps_labels_that_equal_the_previous_ones():
     assert agreement(regions, masks).tolist() == [[0, 3, 255], [5, 255, 255]]
     with pytest.raises(ValueError, match="shape"):
         agreement(regions, masks[:, :2])
+
+
+def test_region_crf_cuts_a_superpixel_halo_back_to_the_object():
+    """RegionNet's halo: a background-coloured ring of superpixels around a small object scored as the
+    object (its pooled features saw the object). The CRF over the painted scores gives the ring back to
+    the background it shares its colour with and keeps the object; pixels of no superpixel (-1) start
+    from superpixel 0's scores (here the object's) and are labelled without error."""
+    from mcof_tf.method.labels import tag_argmax
+    from mcof_tf.method.refine import crf_regions
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:] = (30, 60, 200)  # blue background
+    image[14:26, 14:26] = (220, 40, 30)  # red square: the object
+    sp = np.full((40, 40), 2)
+    sp[8:32, 8:32] = 1  # a ring of background around the square
+    sp[14:26, 14:26] = 0  # the square
+    scores = np.log(np.array([[0.1, 0.9, 0.0], [0.3, 0.7, 0.0], [0.95, 0.05, 0.0]]) + 1e-9)
+    before = paint(tag_argmax(scores, [1]), sp)
+    assert (before[sp == 1] == 1).all()  # the halo, as RegionNet labels it
+    probs = crf_regions(image, sp, scores, [1])
+    assert probs.shape == (40, 40, 3) and np.allclose(probs.sum(-1), 1.0, atol=1e-4)
+    assert (probs[..., 2] == 0).all()  # an untagged class stays at 0
+    after = tag_argmax(np.log(np.maximum(probs, 1e-12)), [1])
+    assert (after[sp == 0] == 1).all() and (after[sp == 1] == 0).all() and (after[sp == 2] == 0).all()
+    sp[0, 0] = -1
+    assert crf_regions(image, sp, scores, [1]).shape == (40, 40, 3)

@@ -219,7 +219,7 @@ def test_cli_with_two_worker_processes(base, tmp_path):
 
 def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(base, tmp_path):
     """labels.prior_correction / prediction_correction / refine_every_iteration / saliency_background /
-    agreement choose the job's own
+    agreement / region_crf choose the job's own
     arguments (which are in its fingerprint): changing them must not redo a stage they did not change;
     changing a rule of how labels are made (labels.min_confidence) must."""
     import dataclasses
@@ -234,6 +234,7 @@ def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(bas
         refine_every_iteration=True,
         saliency_background=0.3,
         agreement=True,
+        region_crf=True,
     )
     again = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=choices), iteration=0)
     assert again["fingerprint"] == first["fingerprint"]
@@ -312,3 +313,36 @@ def test_agreement_keeps_the_regions_only_where_they_agree_with_the_masks(base, 
     assert len(rejected) == 8 and all("no labels to agree with" in r["reason"] for r in rejected)
     with pytest.raises(ValueError, match="--agreement"):
         _run(base, "pixelnet", tmp_path / "pixel", iteration=2, agreement=True)
+
+
+def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_path):
+    """With --region-crf the regions are the dense CRF's pixel labels over RegionNet's painted scores
+    (evaluated as "regionnet_crf", next to the plain "regionnet"), within the tags; refinement starts from
+    them (a single-tag image's refined object holds the CRF's); the switch is in the fingerprint only when
+    on, and for regionnet only."""
+    from mcof_tf.method.labels import paint
+
+    plain = _run(base, "regionnet", tmp_path / "plain", iteration=1)
+    crf = _run(base, "regionnet", tmp_path / "crf", iteration=1, region_crf=True)
+    refined = _run(base, "regionnet", tmp_path / "refined", iteration=1, region_crf=True, refine=True)
+    assert plain["fingerprint"] != crf["fingerprint"]
+    assert set(plain["metrics"]) == {"regionnet"} and set(crf["metrics"]) == {"regionnet", "regionnet_crf"}
+    assert set(refined["metrics"]) == {"regionnet", "regionnet_crf", "refined"}
+    assert plain["metrics"]["regionnet"] == crf["metrics"]["regionnet"]  # the same network, the same regions
+    mined = {
+        r.id: paint(r.superpixel_labels, r.superpixels)
+        for r in records.read_records(str(tmp_path / "plain" / "*.tfrecord"))
+    }
+    crf_labels, changed = {}, 0
+    for r in records.read_records(str(tmp_path / "crf" / "*.tfrecord")):
+        assert r.superpixel_labels is None and r.labels.shape == (r.height, r.width)
+        assert set(np.unique(r.labels).tolist()) <= {0, *r.tag_indices}
+        crf_labels[r.id] = r.labels
+        changed += int((r.labels != mined[r.id]).sum())
+    assert changed > 0  # pixel labels that no longer follow the superpixels somewhere
+    for r in records.read_records(str(tmp_path / "refined" / "*.tfrecord")):
+        if len(r.tag_indices) == 1:
+            obj = crf_labels[r.id] == r.tag_indices[0]
+            assert r.label_stage == "refined" and (r.labels[obj] == r.tag_indices[0]).all()
+    with pytest.raises(ValueError, match="--region-crf"):
+        _run(base, "pixelnet", tmp_path / "pixel", iteration=1, region_crf=True)

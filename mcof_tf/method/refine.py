@@ -1,5 +1,6 @@
 """Refinement of labels: saliency-guided (§4.3, eq. 2; iteration 1, single-tag images) and by a dense CRF
-over a network's probabilities (PixelNet's masks before they become the next seeds, config `labels.crf`).
+over a network's probabilities (PixelNet's masks before they become the next seeds, config `labels.crf`;
+RegionNet's regions, config `labels.region_crf`).
 
 Saliency-guided refinement:
 
@@ -86,3 +87,11 @@ def crf_probabilities(image: np.ndarray, scores: np.ndarray, tags=None) -> np.nd
     if tags is not None:  # the CRF floors every class at 1e-5: keep untagged classes at 0
         q = softmax(np.log(np.maximum(q, 1e-12)), tags)
     return q
+
+
+def crf_regions(image: np.ndarray, superpixels: np.ndarray, scores: np.ndarray, tags=None) -> np.ndarray:
+    """A dense CRF's marginals (H×W×C) from per-superpixel scores (n×C logits, RegionNet's), each pixel
+    starting from its superpixel's: a superpixel labelled as an object only because its pooled features
+    saw the object next to it is pulled back to the colour it shares with the background (pixels of no
+    superpixel, -1, start from superpixel 0's scores; callers leave them unlabelled)."""
+    return crf_probabilities(image, np.asarray(scores)[np.maximum(superpixels, 0)], tags)
