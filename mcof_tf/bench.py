@@ -471,7 +471,7 @@ def bench_method(args) -> None:
         f"\n{cfg.experiment.name}: mean ± std over seeds {args.seeds} (mIoU %, object precision / recall %)"
     )
     print(
-        f"{'variant':17s} {'it':>2s} {'stage':12s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}"
+        f"{'variant':17s} {'it':>2s} {'stage':13s} {'split':5s} {'mIoU':>13s} {'precision':>13s} {'recall':>13s}"
     )
     for r in summary["rows"]:
 
@@ -479,7 +479,7 @@ def bench_method(args) -> None:
             return f"{r[metric]:6.2f} ± {r[metric + '_std']:4.2f}" if metric in r else f"{'-':>13s}"
 
         print(
-            f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:12s} {r['split']:5s} {ms('miou')} "
+            f"{r['variant']:17s} {r['iteration']:2d} {r['stage']:13s} {r['split']:5s} {ms('miou')} "
             f"{ms('object_precision')} {ms('object_recall')}"
         )
     if "ratio_to_fully_supervised" in summary:
