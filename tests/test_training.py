@@ -315,3 +315,15 @@ def test_a_training_step_is_traced_once(labelled_records, tiny_cfg, tmp_path):
                 network, labelled_records, str(tmp_path / network), tiny_cfg, 7, epochs=1, steps_per_epoch=1
             )
     assert made_in_a_trace == []
+
+
+@pytest.mark.parametrize("network", ["cam", "regionnet", "pixelnet"])
+def test_training_inputs_run_without_the_autotuning_model(network, labelled_records, tiny_cfg):
+    """The training input (and the datasets it is built on) has tf.data's autotuning model off: its
+    thread can hold up the end of `fit` for up to a minute (`pipeline.NO_AUTOTUNE_MODEL`); batches still
+    come, of the configured size."""
+    ds = training.input_dataset(network, labelled_records, tiny_cfg, 7, 2)
+    assert ds.options().autotune.enabled is False
+    inputs, _ = next(iter(ds))
+    image = inputs["image"] if isinstance(inputs, dict) else inputs
+    assert image.shape[0] == 2
