@@ -157,7 +157,7 @@ class LabelsConfig:
     # (painted over the image) before anything else uses them, at every iteration. A deviation from
     # Algorithm 1: RoI features pooled from a stride-8 feature map carry a small object's look into the
     # background superpixels around it, which RegionNet then labels as the object; the CRF's colour
-    # and position terms cut that halo back to the object's edges (README, "A CRF over the regions").
+    # and position terms cut that halo back to the object's edges (README, "A CRF over RegionNet's regions").
     region_crf: bool = False
 
 
