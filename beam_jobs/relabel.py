@@ -24,8 +24,10 @@ labels keep those shares instead of the class-balanced loss's shift towards rare
 with (the previous PixelNet's masks, from iteration 2 on), unlabelled (255) elsewhere (config
 labels.agreement; `mcof_tf.method.labels.agreement`), evaluated as "agreed".
 
---region-crf (regionnet): RegionNet's per-superpixel probabilities, painted over the image, are refined
-by a dense CRF (config labels.region_crf), evaluated as "regionnet_crf"; what follows (--refine,
+--region-crf [CONFIDENCE] (regionnet): RegionNet's per-superpixel probabilities, painted over the image,
+are refined by a dense CRF (config labels.region_crf / region_crf_confidence) whose labels replace those of
+the superpixels whose top probability is at most CONFIDENCE (default 1: all), evaluated as
+"regionnet_crf"; what follows (--refine,
 --agreement) starts from the CRF's labels. Superpixel features pooled from a stride-8 feature map carry
 an object's look into the background superpixels around it; the CRF's colour and position terms cut
 that halo back to the object's edges.
@@ -202,7 +204,7 @@ class LabelRules(beam.DoFn):
         progress: Optional[common.Progress] = None,
         saliency_background: float = 0.0,
         agreement: bool = False,
-        region_crf: bool = False,
+        region_crf: float = 0.0,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -287,10 +289,13 @@ class LabelRules(beam.DoFn):
             produced = {"regionnet": pixels}
             if self.region_crf:
                 from mcof_tf.data.voc import IGNORE_LABEL
-                from mcof_tf.method.refine import crf_regions
+                from mcof_tf.method.refine import crf_regions, softmax
 
                 probs = crf_regions(rec.image, rec.superpixels, scores, enforce)
-                pixels = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
+                crf = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
+                # only superpixels RegionNet is unsure of (top probability <= region_crf) take the CRF's
+                unsure = (softmax(scores, enforce).max(-1) <= self.region_crf)[np.maximum(rec.superpixels, 0)]
+                pixels = np.where(unsure, crf, pixels).astype(np.uint8)
                 pixels[rec.superpixels < 0] = IGNORE_LABEL
                 produced["regionnet_crf"], region = pixels, None  # labels per pixel from here on
             if self.refine and len(tags) == 1:
@@ -366,6 +371,7 @@ LOOP_CHOICES = (
     "saliency_background",
     "agreement",
     "region_crf",
+    "region_crf_confidence",
 )
 
 
@@ -384,7 +390,7 @@ def run(
     prior_correction: float = 0.0,
     saliency_background: float = 0.0,
     agreement: bool = False,
-    region_crf: bool = False,
+    region_crf: float = 0.0,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -404,6 +410,8 @@ def run(
         raise ValueError(f"--agreement applies to the regionnet stage, not {stage}")
     if region_crf and stage != "regionnet":
         raise ValueError(f"--region-crf applies to the regionnet stage, not {stage}")
+    if not 0.0 <= region_crf <= 1.0:
+        raise ValueError(f"--region-crf: expected a confidence in [0, 1], got {region_crf}")
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
@@ -433,7 +441,7 @@ def run(
             # only when on: a workdir labelled before the guard existed is not redone
             **({"saliency_background": saliency_background} if saliency_background else {}),
             **({"agreement": True} if agreement else {}),
-            **({"region_crf": True} if region_crf else {}),
+            **({"region_crf": True if region_crf == 1.0 else region_crf} if region_crf else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -583,8 +591,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--region-crf",
-        action="store_true",
-        help="regionnet: refine the regions with a dense CRF over RegionNet's probabilities",
+        nargs="?",
+        type=float,
+        const=1.0,
+        default=0.0,
+        metavar="CONFIDENCE",
+        help="regionnet: refine the regions with a dense CRF over RegionNet's probabilities, on the "
+        "superpixels whose top probability is at most CONFIDENCE (no value or 1: all of them)",
     )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)

@@ -132,7 +132,7 @@ def relabel_records(
     prior_correction: float = 0.0,
     saliency_background: float = 0.0,
     agreement: bool = False,
-    region_crf: bool = False,
+    region_crf: float = 0.0,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -229,7 +229,7 @@ def mcof(run: Run, iterations: int) -> str:
                 refine=refine,
                 prior_correction=corrects(prior, "regionnet", t),
                 agreement=t > 0 and run.cfg.labels.agreement,
-                region_crf=run.cfg.labels.region_crf,
+                region_crf=run.cfg.labels.region_crf_confidence if run.cfg.labels.region_crf else 0.0,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet

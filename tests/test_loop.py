@@ -410,10 +410,12 @@ def test_agreement_applies_from_the_second_iteration(on, monkeypatch):
 def test_region_crf_applies_to_every_iterations_regions(on, monkeypatch):
     """labels.region_crf: RegionNet's halo is not an iteration-1 matter, so every iteration's regions
     go through the CRF; no other job is asked for it."""
-    cfg = load_config("synthetic", [f"labels.region_crf={str(on).lower()}"])
+    cfg = load_config(
+        "synthetic", [f"labels.region_crf={str(on).lower()}", "labels.region_crf_confidence=0.9"]
+    )
     jobs = _relabel_jobs(monkeypatch, cfg)
-    assert [f for f, k in jobs if k.get("region_crf")] == (
-        ["iter1/regions", "iter2/regions", "iter3/regions"] if on else []
+    assert [(f, k["region_crf"]) for f, k in jobs if k.get("region_crf")] == (
+        [("iter1/regions", 0.9), ("iter2/regions", 0.9), ("iter3/regions", 0.9)] if on else []
     )
 
 

@@ -344,5 +344,12 @@ def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_pat
         if len(r.tag_indices) == 1:
             obj = crf_labels[r.id] == r.tag_indices[0]
             assert r.label_stage == "refined" and (r.labels[obj] == r.tag_indices[0]).all()
+    # a confidence gate below 1 / (classes) leaves every superpixel to RegionNet: the plain regions
+    gated = _run(base, "regionnet", tmp_path / "gated", iteration=1, region_crf=0.01)
+    assert gated["fingerprint"] not in (plain["fingerprint"], crf["fingerprint"])
+    for r in records.read_records(str(tmp_path / "gated" / "*.tfrecord")):
+        assert np.array_equal(r.labels, mined[r.id])
     with pytest.raises(ValueError, match="--region-crf"):
         _run(base, "pixelnet", tmp_path / "pixel", iteration=1, region_crf=True)
+    with pytest.raises(ValueError, match="--region-crf"):
+        _run(base, "regionnet", tmp_path / "over", iteration=1, region_crf=1.5)
