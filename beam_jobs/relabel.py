@@ -27,10 +27,9 @@ labels.agreement; `mcof_tf.method.labels.agreement`), evaluated as "agreed".
 --region-crf [CONFIDENCE] (regionnet): RegionNet's per-superpixel probabilities, painted over the image,
 are refined by a dense CRF (config labels.region_crf / region_crf_confidence) whose labels replace those of
 the superpixels whose top probability is at most CONFIDENCE (default 1: all), evaluated as
-"regionnet_crf"; what follows (--refine,
---agreement) starts from the CRF's labels. Superpixel features pooled from a stride-8 feature map carry
-an object's look into the background superpixels around it; the CRF's colour and position terms cut
-that halo back to the object's edges.
+"regionnet_crf"; what follows (--refine, --agreement) starts from the CRF's labels. Superpixel features
+pooled from a stride-8 feature map carry an object's look into the background superpixels around it; the
+CRF's colour and position terms cut that halo back to the object's edges.
 
 --saliency-background TAU (pixelnet, training images): object labels on pixels whose saliency is below
 TAU (0..1) become background in the masks written for the next stage (config labels.saliency_background;
@@ -441,7 +440,7 @@ def run(
             # only when on: a workdir labelled before the guard existed is not redone
             **({"saliency_background": saliency_background} if saliency_background else {}),
             **({"agreement": True} if agreement else {}),
-            **({"region_crf": True if region_crf == 1.0 else region_crf} if region_crf else {}),
+            **({"region_crf": region_crf} if region_crf else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
