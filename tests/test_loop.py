@@ -49,12 +49,14 @@ def test_report_has_every_stage_of_table_3(finished):
     assert got == [
         (0, "seeds", "train"),
         (1, "regionnet", "train"),
+        (1, "regionnet_crf", "train"),  # labels.region_crf (on in the synthetic config)
         (1, "refined", "train"),
         (1, "pixelnet", "train"),
         (1, "pixelnet_crf", "train"),
         (1, "pixelnet", "val"),
         (1, "pixelnet_crf", "val"),
         (2, "regionnet", "train"),
+        (2, "regionnet_crf", "train"),
         (2, "agreed", "train"),  # labels.agreement (on in the synthetic config): what PixelNet₂ learns
         (2, "pixelnet", "train"),
         (2, "pixelnet_crf", "train"),
