@@ -158,8 +158,9 @@ class LabelsConfig:
     # Algorithm 1: RoI features pooled from a stride-8 feature map carry a small object's look into the
     # background superpixels around it, which RegionNet then labels as the object; the CRF's colour
     # and position terms cut that halo back to the object's edges (README, "A CRF over RegionNet's regions").
-    # On every superpixel (region_crf_confidence 1), 3 seeds, final val small objects +0.72 +- 4.37 (iteration 1 +13.97 +- 1.88), default preset
-    # -8.66 +- 6.47 (every seed down: it also cuts parts of large objects the regions cover only in part).
+    # On every superpixel (region_crf_confidence 1), 3 seeds, final val small objects +0.72 +- 4.37
+    # (iteration 1 +13.97 +- 1.88), default preset -8.66 +- 6.47 (every seed down: it also cuts parts of
+    # large objects the regions cover only in part).
     region_crf: bool = False
     # region_crf_confidence: with region_crf, only superpixels whose RegionNet top probability is at most
     # this take the CRF's labels (1: all). Post hoc, iteration 1: the halo's superpixels are the unsure
