@@ -3,7 +3,7 @@
     python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
                                 --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
                                 [--prior-correction [S]] [--saliency-background TAU] [--agreement]
-                                [--region-crf] [Beam options]
+                                [--region-crf [CONFIDENCE]] [--refine-posterior P] [Beam options]
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
@@ -30,6 +30,10 @@ the superpixels whose top probability is at most CONFIDENCE (default 1: all), ev
 "regionnet_crf"; what follows (--refine, --agreement) starts from the CRF's labels. Superpixel features
 pooled from a stride-8 feature map carry an object's look into the background superpixels around it; the
 CRF's colour and position terms cut that halo back to the object's edges.
+
+--refine-posterior P (with --refine): RegionNet's own object pixels stay in the refined region only where
+the saliency-guided posterior p(obj|v) exceeds P (config labels.refine_posterior; default 0: all of them,
+the paper's supplement): non-salient pixels of another colour than the object's leave the region.
 
 --saliency-background TAU (pixelnet, training images): object labels on pixels whose saliency is below
 TAU (0..1) become background in the masks written for the next stage (config labels.saliency_background;
@@ -204,6 +208,7 @@ class LabelRules(beam.DoFn):
         saliency_background: float = 0.0,
         agreement: bool = False,
         region_crf: float = 0.0,
+        refine_posterior: float = 0.0,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -217,6 +222,7 @@ class LabelRules(beam.DoFn):
         self.saliency_background = saliency_background  # see --saliency-background
         self.agreement = agreement  # see --agreement
         self.region_crf = region_crf  # see --region-crf
+        self.refine_posterior = refine_posterior  # see --refine-posterior
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
@@ -300,7 +306,9 @@ class LabelRules(beam.DoFn):
             if self.refine and len(tags) == 1:
                 from mcof_tf.method.refine import refine_single_tag
 
-                rec.labels = refine_single_tag(rec.image, rec.saliency, pixels, tags[0])
+                rec.labels = refine_single_tag(
+                    rec.image, rec.saliency, pixels, tags[0], keep_posterior=self.refine_posterior
+                )
                 rec.label_stage = "refined"
             else:
                 rec.superpixel_labels, rec.label_stage = region, "regionnet"
@@ -371,6 +379,7 @@ LOOP_CHOICES = (
     "agreement",
     "region_crf",
     "region_crf_confidence",
+    "refine_posterior",
 )
 
 
@@ -390,6 +399,7 @@ def run(
     saliency_background: float = 0.0,
     agreement: bool = False,
     region_crf: float = 0.0,
+    refine_posterior: float = 0.0,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -411,6 +421,10 @@ def run(
         raise ValueError(f"--region-crf applies to the regionnet stage, not {stage}")
     if not 0.0 <= region_crf <= 1.0:
         raise ValueError(f"--region-crf: expected a confidence in [0, 1], got {region_crf}")
+    if refine_posterior and not refine:
+        raise ValueError("--refine-posterior applies with --refine")
+    if not 0.0 <= refine_posterior < 1.0:
+        raise ValueError(f"--refine-posterior: expected a probability in [0, 1), got {refine_posterior}")
     from mcof_tf.training import model_file
 
     model_path = model_file(model) if stage != "groundtruth" else None
@@ -441,6 +455,7 @@ def run(
             **({"saliency_background": saliency_background} if saliency_background else {}),
             **({"agreement": True} if agreement else {}),
             **({"region_crf": region_crf} if region_crf else {}),
+            **({"refine_posterior": refine_posterior} if refine_posterior else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -467,6 +482,7 @@ def run(
             saliency_background,
             agreement,
             region_crf,
+            refine_posterior,
         )
         scores = (
             beam.Map(parsed)
@@ -526,6 +542,7 @@ def run(
                 "saliency_background": saliency_background,
                 "agreement": agreement,
                 "region_crf": region_crf,
+                "refine_posterior": refine_posterior,
                 "classes": list(classes),
                 "metrics": metrics,
                 "stats": stats,
@@ -598,6 +615,14 @@ def main(argv=None) -> int:
         help="regionnet: refine the regions with a dense CRF over RegionNet's probabilities, on the "
         "superpixels whose top probability is at most CONFIDENCE (no value or 1: all of them)",
     )
+    parser.add_argument(
+        "--refine-posterior",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with --refine: RegionNet's object pixels stay in the refined region only where the "
+        "saliency-guided posterior exceeds P (default 0: all, the paper's supplement)",
+    )
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
@@ -620,6 +645,7 @@ def main(argv=None) -> int:
             saliency_background=args.saliency_background,
             agreement=args.agreement,
             region_crf=args.region_crf,
+            refine_posterior=args.refine_posterior,
         )
     except (
         ConfigError,

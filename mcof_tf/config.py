@@ -168,6 +168,12 @@ class LabelsConfig:
     # small objects +1.99 +- 1.69 (every seed), default preset +0.43 +- 0.89 (README, "Only where RegionNet
     # is unsure"): on, at 0.9, in configs/synthetic.yaml; off here, as the paper's config has no measurement.
     region_crf_confidence: float = 1.0
+    # refine_posterior: in the saliency-guided refinement (eq. 2), RegionNet's own object pixels stay in the
+    # refined region only where the posterior p(obj|v) exceeds this; 0: all of them (the paper: the
+    # refinement only supplements). Where RegionNet's regions spill past small objects, the spill is
+    # non-salient background of another colour, which eq. 2 gives a low posterior (README, "A refinement
+    # that can also take away").
+    refine_posterior: float = 0.0
 
 
 @dataclass
@@ -455,6 +461,10 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.labels.saliency_background < 1.0:
         raise ConfigError(
             f"labels.saliency_background: expected a number in [0, 1), got {cfg.labels.saliency_background!r}"
+        )
+    if not 0.0 <= cfg.labels.refine_posterior < 1.0:
+        raise ConfigError(
+            f"labels.refine_posterior: expected a probability in [0, 1), got {cfg.labels.refine_posterior!r}"
         )
     if not 0.0 <= cfg.labels.prediction_correction <= 1.0:
         raise ConfigError(

@@ -133,6 +133,7 @@ def relabel_records(
     saliency_background: float = 0.0,
     agreement: bool = False,
     region_crf: float = 0.0,
+    refine_posterior: float = 0.0,
 ) -> str:
     out = run.path(folder)
     relabel.run(
@@ -150,6 +151,7 @@ def relabel_records(
         saliency_background=saliency_background,
         agreement=agreement,
         region_crf=region_crf,
+        refine_posterior=refine_posterior,
     )
     return os.path.join(out, "*.tfrecord")
 
@@ -230,6 +232,7 @@ def mcof(run: Run, iterations: int) -> str:
                 prior_correction=corrects(prior, "regionnet", t),
                 agreement=t > 0 and run.cfg.labels.agreement,
                 region_crf=run.cfg.labels.region_crf_confidence if run.cfg.labels.region_crf else 0.0,
+                refine_posterior=run.cfg.labels.refine_posterior if refine else 0.0,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet

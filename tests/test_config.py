@@ -81,6 +81,13 @@ def test_saliency_background_is_a_saliency_below_one(value):
     assert load_config("synthetic", ["labels.saliency_background=0.1"]).labels.saliency_background == 0.1
 
 
+@pytest.mark.parametrize("value", ["-0.1", "1.0"])
+def test_refine_posterior_is_a_probability_below_one(value):
+    with pytest.raises(ConfigError, match="labels.refine_posterior"):
+        load_config("synthetic", [f"labels.refine_posterior={value}"])
+    assert load_config("synthetic", ["labels.refine_posterior=0.2"]).labels.refine_posterior == 0.2
+
+
 def test_choice_fields_are_checked():
     with pytest.raises(ConfigError, match="saliency.method"):
         load_config("synthetic", ["saliency.method=magic"])

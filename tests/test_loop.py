@@ -421,6 +421,21 @@ def test_region_crf_applies_to_every_iterations_regions(on, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("every, variant", [(False, "mcof"), (True, "mcof"), (False, "no_saliency")])
+def test_refine_posterior_goes_with_the_refinement(every, variant, monkeypatch):
+    """labels.refine_posterior is a setting of the saliency-guided refinement: it goes to the jobs that
+    refine (iteration 1; every iteration with labels.refine_every_iteration), to no other (the relabel job
+    refuses it without --refine), and to none in the no-saliency ablation."""
+    cfg = load_config(
+        "synthetic", ["labels.refine_posterior=0.2", f"labels.refine_every_iteration={str(every).lower()}"]
+    )
+    jobs = _relabel_jobs(monkeypatch, cfg, variant)
+    assert [f for f, k in jobs if k.get("refine_posterior")] == [f for f, k in jobs if k.get("refine")]
+    assert {k["refine_posterior"] for f, k in jobs if k.get("refine")} <= {0.2}
+    expected = 0 if variant == "no_saliency" else 3 if every else 1
+    assert sum(1 for f, k in jobs if k.get("refine_posterior") == 0.2) == expected
+
+
 @pytest.mark.parametrize("source", ["own", "pixelnet"])
 def test_where_the_regionnets_backbones_start(source, monkeypatch):
     """train.regionnet_backbone: own: each RegionNet starts from the previous one only (warm_start);

@@ -74,6 +74,26 @@ def test_refinement_supplements_a_partial_region():
     assert (refine_single_tag(img, sal, np.zeros((16, 16), np.uint8), 5) == 0).all()  # nothing to learn from
 
 
+def test_refine_posterior_takes_a_non_salient_spill_out_of_the_region():
+    """labels.refine_posterior: RegionNet's region is a red square plus a ring of the green background around
+    it, where saliency is low. The paper's refinement only adds (the ring stays); with a posterior threshold
+    the ring, non-salient and of the background's colour, leaves the region and the square stays."""
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[..., 1] = 160  # green background
+    img[7:13, 7:13] = (200, 30, 30)  # the red object
+    sal = np.full((20, 20), 10, np.uint8)
+    sal[7:13, 7:13] = 230
+    region = np.zeros((20, 20), np.uint8)
+    region[5:15, 5:15] = 3  # the square and a 2-pixel ring of background
+    square = np.zeros((20, 20), bool)
+    square[7:13, 7:13] = True
+    union = refine_single_tag(img, sal, region, 3)
+    assert ((union == 3) == (region == 3)).all()  # nothing removed, nothing salient to add
+    cut = refine_single_tag(img, sal, region, 3, keep_posterior=0.2)
+    assert ((cut == 3) == square).all()
+    assert set(np.unique(cut)) == {0, 3}
+
+
 def test_dense_crf_cleans_a_noisy_map():
     img = np.zeros((12, 12, 3), np.uint8)
     img[:, 6:] = 255

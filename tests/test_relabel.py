@@ -219,7 +219,7 @@ def test_cli_with_two_worker_processes(base, tmp_path):
 
 def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(base, tmp_path):
     """labels.prior_correction / prediction_correction / refine_every_iteration / saliency_background /
-    agreement / region_crf choose the job's own
+    agreement / region_crf / refine_posterior choose the job's own
     arguments (which are in its fingerprint): changing them must not redo a stage they did not change;
     changing a rule of how labels are made (labels.min_confidence) must."""
     import dataclasses
@@ -235,6 +235,7 @@ def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(bas
         saliency_background=0.3,
         agreement=True,
         region_crf=True,
+        refine_posterior=0.3,
     )
     again = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=choices), iteration=0)
     assert again["fingerprint"] == first["fingerprint"]
@@ -353,3 +354,28 @@ def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_pat
         _run(base, "pixelnet", tmp_path / "pixel", iteration=1, region_crf=True)
     with pytest.raises(ValueError, match="--region-crf"):
         _run(base, "regionnet", tmp_path / "over", iteration=1, region_crf=1.5)
+
+
+def test_refine_posterior_only_takes_pixels_out_of_the_refined_regions(base, tmp_path):
+    """--refine-posterior P: a single-tag image's refined object is the plain refinement's minus RegionNet
+    pixels of posterior <= P (so a subset of it); multi-tag images are not refined either way; the value is
+    in the fingerprint and the manifest only when on, and needs --refine."""
+    plain = _run(base, "regionnet", tmp_path / "plain", iteration=1, refine=True)
+    cut = _run(base, "regionnet", tmp_path / "cut", iteration=1, refine=True, refine_posterior=0.9)
+    assert plain["fingerprint"] != cut["fingerprint"]
+    assert plain["refine_posterior"] == 0.0 and cut["refine_posterior"] == 0.9
+    before = {r.id: r for r in records.read_records(str(tmp_path / "plain" / "*.tfrecord"))}
+    removed = 0
+    for r in records.read_records(str(tmp_path / "cut" / "*.tfrecord")):
+        old = before[r.id]
+        if len(r.tag_indices) == 1:
+            new_obj, old_obj = r.labels == r.tag_indices[0], old.labels == r.tag_indices[0]
+            assert not (new_obj & ~old_obj).any()  # nothing added
+            removed += int((old_obj & ~new_obj).sum())
+        else:
+            assert np.array_equal(r.superpixel_labels, old.superpixel_labels)
+    assert removed > 0  # at 0.9, some of RegionNet's object pixels are below it
+    with pytest.raises(ValueError, match="--refine-posterior"):
+        _run(base, "regionnet", tmp_path / "alone", iteration=1, refine_posterior=0.5)
+    with pytest.raises(ValueError, match="--refine-posterior"):
+        _run(base, "regionnet", tmp_path / "over", iteration=1, refine=True, refine_posterior=1.0)

@@ -12,7 +12,8 @@ pixels that are neither in the object region nor salient (both cues agree), or, 
 pixel, everything outside the object region. Taking "everything else" as background would put the
 object's still-missing parts into p(v|bg), which are exactly the parts refinement must recover. The
 posterior is binarised with a dense CRF; the refined region is the CRF's object plus the RegionNet
-region it supplements.
+region it supplements (with `keep_posterior` > 0, only the part of that region whose posterior exceeds it:
+config `labels.refine_posterior`).
 """
 
 from __future__ import annotations
@@ -47,12 +48,19 @@ def object_posterior(saliency: np.ndarray, p_v_obj: np.ndarray, p_v_bg: np.ndarr
 
 
 def refine_single_tag(
-    image: np.ndarray, saliency: np.ndarray, region_labels: np.ndarray, tag: int, use_crf: bool = True
+    image: np.ndarray,
+    saliency: np.ndarray,
+    region_labels: np.ndarray,
+    tag: int,
+    use_crf: bool = True,
+    keep_posterior: float = 0.0,
 ) -> np.ndarray:
     """Refined pixel labels (uint8: `tag` or 0) of a single-tag image.
 
     image H×W×3 uint8; saliency H×W uint8; region_labels H×W (RegionNet's labels, tags enforced).
     An image whose RegionNet region is empty has nothing to learn colours from and is returned as is.
+    keep_posterior: RegionNet's object pixels stay only where the posterior exceeds it (0: all of them,
+    the paper's supplement); non-salient pixels of another colour than the object's leave the region.
     """
     obj = region_labels == tag
     if not obj.any() or obj.all():
@@ -65,7 +73,8 @@ def refine_single_tag(
         fg = dense_crf(image, np.stack([1.0 - post, post]).astype(np.float32)).argmax(0) == 1
     else:
         fg = post > 0.5
-    return np.where(fg | obj, tag, 0).astype(np.uint8)
+    kept = obj & (post > keep_posterior) if keep_posterior > 0 else obj
+    return np.where(fg | kept, tag, 0).astype(np.uint8)
 
 
 def softmax(scores: np.ndarray, tags=None) -> np.ndarray:
