@@ -359,7 +359,7 @@ def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_pat
 def test_refine_posterior_only_takes_pixels_out_of_the_refined_regions(base, tmp_path):
     """--refine-posterior P: a single-tag image's refined object is the plain refinement's minus RegionNet
     pixels of posterior <= P (so a subset of it); multi-tag images are not refined either way; the value is
-    in the fingerprint and the manifest only when on, and needs --refine."""
+    in the fingerprint only when on (in the manifest always), and needs --refine."""
     plain = _run(base, "regionnet", tmp_path / "plain", iteration=1, refine=True)
     cut = _run(base, "regionnet", tmp_path / "cut", iteration=1, refine=True, refine_posterior=0.9)
     assert plain["fingerprint"] != cut["fingerprint"]
