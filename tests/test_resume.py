@@ -35,8 +35,8 @@ def _run(root, workdir):
 
 
 def _run_and_kill(root, workdir, when, delay=0.0):
-    """Start the command, SIGKILL its whole process group `delay` s after `when(line)` is true for a
-    line of its output (stdout and stderr)."""
+    """Start the command, SIGKILL its whole process group `delay` s after `when(line, process)` is true
+    for a line of its output (stdout and stderr)."""
     t0 = time.time()
     p = subprocess.Popen(
         _command(root, workdir),
@@ -48,7 +48,7 @@ def _run_and_kill(root, workdir, when, delay=0.0):
     seen = []
     for line in p.stdout:
         seen.append(line)
-        if when(line):
+        if when(line, p):
             time.sleep(delay)
             os.killpg(p.pid, signal.SIGKILL)
             break
@@ -74,57 +74,20 @@ def reference(reference_run):
     return _stages(work), seconds
 
 
-def test_kill_inside_a_beam_job_then_resume(tiny_root, tmp_path, reference):
-    work = tmp_path / "work"
-    # the regionnet relabel job: CAM, seeds and RegionNet are finished by then
-    killed, t_killed = _run_and_kill(
-        tiny_root, work, lambda line: "relabel regionnet:" in line, delay=1.0
-    )  # the job prints its start line, then runs its pipeline
-    assert not (work / "iter1" / "regions" / "manifest.json").exists()
-    out, t_resumed = _run(tiny_root, work)
-    for done in ("cam: trained already", "iter1/regionnet: trained already", "relabel cam: ", "preprocess: "):
-        assert done in out, done
-    assert "complete already" in out and "train cam:" not in out and "train regionnet:" not in out
-    assert _stages(work) == reference[0]
-    assert _leftovers(work) == []
-    print(
-        f"Beam-job kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
-        f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)"
-    )
+@pytest.fixture(scope="module")
+def killed_twice(tiny_root, tmp_path_factory, reference):
+    """One workdir, three real processes, as a user would live it: run A, while it trains the CAM, is
+    joined by a second run on the same workdir (refused), then SIGKILLed inside the regionnet relabel
+    job; run B takes A's lock over, resumes, and is SIGKILLed inside a PixelNet epoch; run C resumes and
+    finishes. The tests below check each step; C must end with the uninterrupted run's report."""
+    work = tmp_path_factory.mktemp("killed") / "work"
+    got = {"work": work}
 
-
-def test_kill_inside_a_training_epoch_then_resume(tiny_root, tmp_path, reference):
-    work = tmp_path / "work"
-    state = {"pixelnet": False}
-
-    def when(line):
-        state["pixelnet"] |= "train pixelnet:" in line
-        return state["pixelnet"] and line.startswith("Epoch 3/4")  # epochs 1-2 are backed up
-
-    killed, t_killed = _run_and_kill(tiny_root, work, when)
-    assert not (work / "iter1" / "pixelnet" / "model.keras").exists()  # no half-written model is used
-    out, t_resumed = _run(tiny_root, work)
-    assert "train pixelnet: resuming after epoch 2" in out
-    assert "iter1/regionnet: trained already" in out and "train regionnet:" not in out
-    assert _stages(work) == reference[0]  # exact: the resumed stream continues where it stopped
-    assert _leftovers(work) == []
-    print(
-        f"training kill: uninterrupted {reference[1]:.1f}s; killed run {t_killed:.1f}s + resumed run "
-        f"{t_resumed:.1f}s = {t_killed + t_resumed:.1f}s (lost {t_killed + t_resumed - reference[1]:.1f}s)"
-    )
-
-
-def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(
-    tiny_root, tmp_path, reference
-):
-    """Two real processes: while the first trains, a second on the same workdir exits 2 naming the
-    first; after the first is killed (its lock left behind), the next run takes the lock over and
-    finishes with the uninterrupted run's report."""
-    work = tmp_path / "work"
-    second = {}
-
-    def when(line):
-        if "train cam:" in line and not second:  # the first run holds the workdir from its start
+    def second_run_then_kill_in_beam(line, a):
+        if "train cam:" in line and "second" not in got:  # A holds the workdir from its start
+            # A is stopped meanwhile (alive, its lock held), so that it is still in its CAM, not past
+            # the relabel job it is to be killed in, when the refused run returns
+            os.killpg(a.pid, signal.SIGSTOP)
             r = subprocess.run(
                 _command(tiny_root, work),
                 stdout=subprocess.PIPE,
@@ -132,15 +95,61 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken
                 text=True,
                 timeout=300,
             )
-            second.update(rc=r.returncode, out=r.stdout, holder=json.loads((work / ".lock").read_text()))
-            return True
-        return False
+            got["second"] = dict(
+                rc=r.returncode, out=r.stdout, holder=json.loads((work / ".lock").read_text())
+            )
+            os.killpg(a.pid, signal.SIGCONT)
+        return "relabel regionnet:" in line  # the job prints its start line, then runs its pipeline
 
-    _run_and_kill(tiny_root, work, when)
+    got["a"], t_a = _run_and_kill(tiny_root, work, second_run_then_kill_in_beam, delay=1.0)
+    got["after_a"] = {
+        "lock": (work / ".lock").exists(),
+        "regions": (work / "iter1" / "regions" / "manifest.json").exists(),
+    }
+    state = {"pixelnet": False}
+
+    def in_epoch_3(line, _):
+        state["pixelnet"] |= "train pixelnet:" in line
+        return state["pixelnet"] and line.startswith("Epoch 3/4")  # epochs 1-2 are backed up
+
+    got["b"], t_b = _run_and_kill(tiny_root, work, in_epoch_3)
+    got["after_b"] = {"model": (work / "iter1" / "pixelnet" / "model.keras").exists()}
+    got["c"], t_c = _run(tiny_root, work)
+    print(
+        f"uninterrupted {reference[1]:.1f}s; killed in a Beam job {t_a:.1f}s (with the refused second run) "
+        f"+ killed in an epoch {t_b:.1f}s + finished {t_c:.1f}s = {t_a + t_b + t_c:.1f}s"
+    )
+    return got
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(
+    killed_twice, reference
+):
+    """While the first run trains, a second on the same workdir exits 2 naming the first; after the
+    first is killed (its lock left behind), the next run takes the lock over; the last one leaves none."""
+    second = killed_twice["second"]
     assert second["rc"] == 2, second["out"][-2000:]
     assert f"is in use by pid {second['holder']['pid']}" in second["out"]
-    assert (work / ".lock").exists()  # SIGKILL leaves the lock behind
-    out, _ = _run(tiny_root, work)
-    assert f"taking over the lock of pid {second['holder']['pid']}" in out
-    assert _stages(work) == reference[0]
-    assert not (work / ".lock").exists()
+    assert killed_twice["after_a"]["lock"]  # SIGKILL leaves the lock behind
+    assert f"taking over the lock of pid {second['holder']['pid']}" in killed_twice["b"]
+    assert not (killed_twice["work"] / ".lock").exists()
+
+
+def test_kill_inside_a_beam_job_then_resume(killed_twice, reference):
+    assert not killed_twice["after_a"]["regions"]  # the regionnet relabel job had not finished
+    resumed = killed_twice["b"]  # CAM, seeds and RegionNet were finished by then
+    for done in ("cam: trained already", "iter1/regionnet: trained already", "relabel cam: ", "preprocess: "):
+        assert done in resumed, done
+    assert "complete already" in resumed and "train cam:" not in resumed and "train regionnet:" not in resumed
+    assert "relabel regionnet:" in resumed and "train pixelnet:" in resumed  # the job was redone
+
+
+def test_kill_inside_a_training_epoch_then_resume(killed_twice, reference):
+    assert not killed_twice["after_b"]["model"]  # no half-written model is used
+    out = killed_twice["c"]
+    assert "train pixelnet: resuming after epoch 2" in out
+    assert "iter1/regionnet: trained already" in out and "train regionnet:" not in out
+    assert (
+        _stages(killed_twice["work"]) == reference[0]
+    )  # exact: the resumed stream continues where it stopped
+    assert _leftovers(killed_twice["work"]) == []
