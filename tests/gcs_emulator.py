@@ -110,6 +110,10 @@ class _Forward(http.server.BaseHTTPRequestHandler):
     """Requests through the proxy (absolute-URI plain HTTP, or inside a CONNECT tunnel) → the emulator."""
 
     protocol_version = "HTTP/1.1"
+    # a response goes out in two writes (headers, then body): with Nagle's algorithm on, the body waits
+    # for the client's delayed ACK of the headers, 40 ms on Linux, on every request of a kept-alive
+    # connection (45 ms per request through the proxy, 9 ms without it)
+    disable_nagle_algorithm = True
     emulator: tuple[str, int]
     tls: ssl.SSLContext
 
