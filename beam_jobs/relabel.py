@@ -225,6 +225,7 @@ class LabelRules(beam.DoFn):
         self.refine_posterior = refine_posterior  # see --refine-posterior
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
+        self.region_crf_images = Metrics.counter("relabel", "region_crf_images")  # that needed the CRF
         self.latency = Metrics.distribution("relabel", "ms_per_image")  # of the rules (CRF included)
         self.progress = progress or common.Progress(f"relabel {stage}")
 
@@ -296,11 +297,16 @@ class LabelRules(beam.DoFn):
                 from mcof_tf.data.voc import IGNORE_LABEL
                 from mcof_tf.method.refine import crf_regions, softmax
 
-                probs = crf_regions(rec.image, rec.superpixels, scores, enforce)
-                crf = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
                 # only superpixels RegionNet is unsure of (top probability <= region_crf) take the CRF's
+                # labels; an image with none is left as it is, without running the CRF
                 unsure = (softmax(scores, enforce).max(-1) <= self.region_crf)[np.maximum(rec.superpixels, 0)]
-                pixels = np.where(unsure, crf, pixels).astype(np.uint8)
+                unsure &= rec.superpixels >= 0
+                if unsure.any():
+                    self.region_crf_images.inc()
+                    probs = crf_regions(rec.image, rec.superpixels, scores, enforce)
+                    crf = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
+                    pixels = np.where(unsure, crf, pixels)
+                pixels = pixels.astype(np.uint8)
                 pixels[rec.superpixels < 0] = IGNORE_LABEL
                 produced["regionnet_crf"], region = pixels, None  # labels per pixel from here on
             if self.refine and len(tags) == 1:

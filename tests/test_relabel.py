@@ -316,7 +316,7 @@ def test_agreement_keeps_the_regions_only_where_they_agree_with_the_masks(base, 
         _run(base, "pixelnet", tmp_path / "pixel", iteration=2, agreement=True)
 
 
-def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_path):
+def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_path, monkeypatch):
     """With --region-crf the regions are the dense CRF's pixel labels over RegionNet's painted scores
     (evaluated as "regionnet_crf", next to the plain "regionnet"), within the tags; refinement starts from
     them (a single-tag image's refined object holds the CRF's); the switch is in the fingerprint only when
@@ -345,8 +345,16 @@ def test_region_crf_labels_the_regions_per_pixel_before_refinement(base, tmp_pat
         if len(r.tag_indices) == 1:
             obj = crf_labels[r.id] == r.tag_indices[0]
             assert r.label_stage == "refined" and (r.labels[obj] == r.tag_indices[0]).all()
-    # a confidence gate below 1 / (classes) leaves every superpixel to RegionNet: the plain regions
+    # a confidence gate below 1 / (classes) leaves every superpixel to RegionNet: the plain regions,
+    # without running the CRF on any image (it would fail them here)
+    from mcof_tf.method import refine
+
+    def no_crf(*args, **kw):
+        raise AssertionError("the CRF ran on an image with no unsure superpixel")
+
+    monkeypatch.setattr(refine, "crf_regions", no_crf)
     gated = _run(base, "regionnet", tmp_path / "gated", iteration=1, region_crf=0.01)
+    assert gated["written"] == 8 and gated["rejected"] == []
     assert gated["fingerprint"] not in (plain["fingerprint"], crf["fingerprint"])
     for r in records.read_records(str(tmp_path / "gated" / "*.tfrecord")):
         assert np.array_equal(r.labels, mined[r.id])
