@@ -55,8 +55,7 @@ def tiny_copy(tiny_root, tmp_path):
     return dst
 
 
-@pytest.fixture
-def tiny_cfg():
+def tiny_config():
     """The embedded default config, resized for tests."""
     return load_config(
         "synthetic",
@@ -68,6 +67,12 @@ def tiny_cfg():
             "input.batch_size=2",
         ],
     )
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The embedded default config, resized for tests (a fresh one per test: tests change it)."""
+    return tiny_config()
 
 
 @pytest.fixture(scope="session")
