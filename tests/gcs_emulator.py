@@ -112,7 +112,7 @@ class _Forward(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # a response goes out in two writes (headers, then body): with Nagle's algorithm on, the body waits
     # for the client's delayed ACK of the headers, 40 ms on Linux, on every request of a kept-alive
-    # connection (45 ms per request through the proxy, 9 ms without it)
+    # connection (gfile.exists took 45 ms through the proxy, 4 ms without Nagle)
     disable_nagle_algorithm = True
     emulator: tuple[str, int]
     tls: ssl.SSLContext

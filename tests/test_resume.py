@@ -122,9 +122,7 @@ def killed_twice(tiny_root, tmp_path_factory, reference):
     return got
 
 
-def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(
-    killed_twice, reference
-):
+def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(killed_twice):
     """While the first run trains, a second on the same workdir exits 2 naming the first; after the
     first is killed (its lock left behind), the next run takes the lock over; the last one leaves none."""
     second = killed_twice["second"]
@@ -135,7 +133,7 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_is_taken
     assert not (killed_twice["work"] / ".lock").exists()
 
 
-def test_kill_inside_a_beam_job_then_resume(killed_twice, reference):
+def test_kill_inside_a_beam_job_then_resume(killed_twice):
     assert not killed_twice["after_a"]["regions"]  # the regionnet relabel job had not finished
     resumed = killed_twice["b"]  # CAM, seeds and RegionNet were finished by then
     for done in ("cam: trained already", "iter1/regionnet: trained already", "relabel cam: ", "preprocess: "):
