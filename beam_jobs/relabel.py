@@ -294,11 +294,11 @@ class LabelRules(beam.DoFn):
             pixels = paint(region, rec.superpixels)
             produced = {"regionnet": pixels}
             if self.region_crf:
-                from mcof_tf.data.voc import IGNORE_LABEL
                 from mcof_tf.method.refine import crf_regions, softmax
 
                 # only superpixels RegionNet is unsure of (top probability <= region_crf) take the CRF's
-                # labels; an image with none is left as it is, without running the CRF
+                # labels; an image with none is left as it is, without running the CRF. Pixels of no
+                # superpixel are never unsure: they keep paint's unlabelled value.
                 unsure = (softmax(scores, enforce).max(-1) <= self.region_crf)[np.maximum(rec.superpixels, 0)]
                 unsure &= rec.superpixels >= 0
                 if unsure.any():
@@ -306,8 +306,6 @@ class LabelRules(beam.DoFn):
                     probs = crf_regions(rec.image, rec.superpixels, scores, enforce)
                     crf = self._tag_argmax(np.log(np.maximum(probs, 1e-12)), enforce).astype(np.uint8)
                     pixels = np.where(unsure, crf, pixels)
-                pixels = pixels.astype(np.uint8)
-                pixels[rec.superpixels < 0] = IGNORE_LABEL
                 produced["regionnet_crf"], region = pixels, None  # labels per pixel from here on
             if self.refine and len(tags) == 1:
                 from mcof_tf.method.refine import refine_single_tag

@@ -147,7 +147,6 @@ def test_kill_inside_a_training_epoch_then_resume(killed_twice, reference):
     out = killed_twice["c"]
     assert "train pixelnet: resuming after epoch 2" in out
     assert "iter1/regionnet: trained already" in out and "train regionnet:" not in out
-    assert (
-        _stages(killed_twice["work"]) == reference[0]
-    )  # exact: the resumed stream continues where it stopped
+    # exact: the resumed stream continues where it stopped
+    assert _stages(killed_twice["work"]) == reference[0]
     assert _leftovers(killed_twice["work"]) == []

@@ -65,8 +65,8 @@ def test_loss_falls_on_a_tiny_batch_with_two_replicas(network, lr, labelled_reco
 
 @pytest.fixture(scope="module")
 def uninterrupted(labelled_records, tmp_path_factory):
-    """PixelNet trained 4 epochs x 2 steps on 2 replicas without a stop, and its config: the run a
-    resumed training and a same-seed one must reproduce."""
+    """PixelNet trained 4 epochs x 2 steps on 2 replicas without a stop: the run a resumed training and
+    a same-seed one must reproduce."""
     from conftest import tiny_config
 
     cfg = _cfg(tiny_config(), "pixelnet", 0.01)
