@@ -301,6 +301,18 @@ def expected_per_worker(options, total: int) -> Optional[int]:
     return -(-total // workers)
 
 
+def local_threads(options) -> int:
+    """How many worker threads of this process run the job's DoFns: the local runner's in
+    multi_threading mode, else 1 (worker processes or a remote runner)."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    options = local_options(options)
+    direct = options.view_as(DirectOptions)
+    if options.view_as(StandardOptions).runner not in ("DirectRunner", "FnApiRunner"):
+        return 1
+    return max(direct.direct_num_workers or 1, 1) if direct.direct_running_mode == "multi_threading" else 1
+
+
 def run_pipeline(options, build: Callable[[beam.Pipeline], None], namespace: str = ""):
     """Build and run a pipeline to completion (`local_options` completes the options); then log the
     job's Beam metrics (`namespace`: its counters and per-image latency), which every runner reports,

@@ -3,7 +3,8 @@
     python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
                                 --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
                                 [--prior-correction [S]] [--saliency-background TAU] [--agreement]
-                                [--region-crf [CONFIDENCE]] [--refine-posterior P] [Beam options]
+                                [--region-crf [CONFIDENCE]] [--refine-posterior P] [--scales S,S]
+                                [--flip] [Beam options]
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
@@ -34,6 +35,10 @@ CRF's colour and position terms cut that halo back to the object's edges.
 --refine-posterior P (with --refine): RegionNet's own object pixels stay in the refined region only where
 the saliency-guided posterior p(obj|v) exceeds P (config labels.refine_posterior; default 0: all of them,
 the paper's supplement): non-salient pixels of another colour than the object's leave the region.
+
+--scales S,S [--flip] (pixelnet): PixelNet's logits are averaged over the image at these scales (and
+mirrored), each resized back to the image's size (config labels.mask_scales / mask_flip for the training
+images' masks; DeepLab's multi-scale inference, as IRN and psa compute their pseudo-labels).
 
 --saliency-background TAU (pixelnet, training images): object labels on pixels whose saliency is below
 TAU (0..1) become background in the masks written for the next stage (config labels.saliency_background;
@@ -115,11 +120,14 @@ class NetworkHandler(ModelHandler):
         mean_rgb: Sequence[float],
         max_regions: int,
         seed_params: dict,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
     ):
         super().__init__(max_batch_size=1)  # images differ in size: one per call
         self.model_path, self.stage, self.num_classes = model_path, stage, num_classes
         self.mean_rgb, self.max_regions = list(mean_rgb), max_regions
         self.seed_params = dict(seed_params)
+        self.scales, self.flip = [float(x) for x in scales], flip  # PixelNet's views (--scales, --flip)
 
     def load_model(self):
         from threadpoolctl import threadpool_limits
@@ -166,7 +174,7 @@ class NetworkHandler(ModelHandler):
         if self.stage == "cam":
             return np.asarray(forward(image))[0]
         if self.stage == "pixelnet":
-            return np.asarray(tf.image.resize(forward(image), [rec.height, rec.width], method="bilinear"))[0]
+            return pixel_logits(forward, image, self.scales, self.flip)
         # regionnet: images with more superpixels than the model's max_regions go in chunks of ids
         n = rec.num_superpixels
         out = np.zeros((n, self.num_classes), np.float32)
@@ -177,6 +185,23 @@ class NetworkHandler(ModelHandler):
             stop = min(start + self.max_regions, n)
             out[start:stop] = np.asarray(logits[0])[: stop - start]
         return out
+
+
+def pixel_logits(forward, image, scales: Sequence[float] = (1.0,), flip: bool = False) -> np.ndarray:
+    """PixelNet's logits (H, W, C) for one image (1, H, W, 3), bilinearly resized to the image's size,
+    averaged over the image at `scales` and, with `flip`, its mirror image (mirrored back)."""
+    import tensorflow as tf
+
+    size = tf.shape(image)[1:3]
+    total, views = 0.0, 0
+    for scale in scales:
+        scaled = size if scale == 1 else tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
+        x = image if scale == 1 else tf.image.resize(image, scaled, method="bilinear")
+        for mirrored in (False, True) if flip else (False,):
+            out = forward(x[:, :, ::-1] if mirrored else x)
+            out = tf.image.resize(out, size, method="bilinear")
+            total, views = total + (out[:, :, ::-1] if mirrored else out), views + 1
+    return np.asarray(total / views)[0]
 
 
 def parsed(serialized: bytes) -> PredictionResult:
@@ -377,6 +402,7 @@ def labels_of(rec):
 # unaffected stages
 LOOP_CHOICES = (
     "prior_correction",
+    "mask_correction",
     "prediction_correction",
     "refine_every_iteration",
     "saliency_background",
@@ -384,6 +410,8 @@ LOOP_CHOICES = (
     "region_crf",
     "region_crf_confidence",
     "refine_posterior",
+    "mask_scales",
+    "mask_flip",
 )
 
 
@@ -404,6 +432,8 @@ def run(
     agreement: bool = False,
     region_crf: float = 0.0,
     refine_posterior: float = 0.0,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
 ) -> dict:
     """Run the job (or find it complete) and return its manifest."""
     common.check_filesystems(records, out_dir)
@@ -423,6 +453,12 @@ def run(
         raise ValueError(f"--agreement applies to the regionnet stage, not {stage}")
     if region_crf and stage != "regionnet":
         raise ValueError(f"--region-crf applies to the regionnet stage, not {stage}")
+    scales = [float(x) for x in scales]
+    views = scales != [1.0] or flip  # PixelNet's inference over several views
+    if views and stage != "pixelnet":
+        raise ValueError(f"--scales / --flip apply to the pixelnet stage, not {stage}")
+    if not scales or any(not 0.25 <= x <= 4.0 for x in scales):
+        raise ValueError(f"--scales: expected scales between 0.25 and 4, got {scales}")
     if not 0.0 <= region_crf <= 1.0:
         raise ValueError(f"--region-crf: expected a confidence in [0, 1], got {region_crf}")
     if refine_posterior and not refine:
@@ -460,6 +496,7 @@ def run(
             **({"agreement": True} if agreement else {}),
             **({"region_crf": region_crf} if region_crf else {}),
             **({"refine_posterior": refine_posterior} if refine_posterior else {}),
+            **({"scales": scales, "flip": flip} if views else {}),
         }
     )
     with folder_lock(out_dir):  # two jobs on one folder would delete each other's shards
@@ -499,6 +536,8 @@ def run(
                     cfg.input.mean_rgb,
                     cfg.model.max_regions,
                     asdict(cfg.seeds),
+                    scales,
+                    flip,
                 )
             )
         )
@@ -523,7 +562,12 @@ def run(
                     | f"Write{tag}" >> common.WriteLines(out_dir, tag)
                 )
 
-        common.run_pipeline(pipeline_options, build, "relabel")
+        from mcof_tf.vision import crf
+
+        # the dense CRFs of the local runner's threads run side by side in processes (they hold Python's
+        # lock); processes start at the first CRF, so a job without one starts none
+        with crf.in_processes(common.local_threads(pipeline_options)):
+            common.run_pipeline(pipeline_options, build, "relabel")
         metrics, stats = {}, {}
         for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
             for path in fileio.glob(common.join(out_dir, f"{tag}*.jsonl")):
@@ -547,6 +591,8 @@ def run(
                 "agreement": agreement,
                 "region_crf": region_crf,
                 "refine_posterior": refine_posterior,
+                "scales": scales,
+                "flip": flip,
                 "classes": list(classes),
                 "metrics": metrics,
                 "stats": stats,
@@ -627,6 +673,12 @@ def main(argv=None) -> int:
         help="with --refine: RegionNet's object pixels stay in the refined region only where the "
         "saliency-guided posterior exceeds P (default 0: all, the paper's supplement)",
     )
+    parser.add_argument(
+        "--scales",
+        default="1",
+        help="pixelnet: comma-separated image scales whose logits are averaged (default 1)",
+    )
+    parser.add_argument("--flip", action="store_true", help="pixelnet: average with the mirrored image too")
     parser.add_argument("--classes", default=None, help="classes.txt (default: the first input manifest's)")
     log_setup.add_verbose_flag(parser)
     args, options = common.split_args(parser, argv)
@@ -634,6 +686,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         classes = _classes(args.records, args.classes) or list(VOC_CLASSES)
+        from mcof_tf.inference import parse_scales
+
         run(
             args.records,
             args.model,
@@ -650,6 +704,8 @@ def main(argv=None) -> int:
             agreement=args.agreement,
             region_crf=args.region_crf,
             refine_posterior=args.refine_posterior,
+            scales=parse_scales(args.scales),
+            flip=args.flip,
         )
     except (
         ConfigError,

@@ -134,6 +134,16 @@ class LabelsConfig:
     # "all"), so no stage grows a class its labels over-represent; post hoc it cost the second
     # RegionNet's regions 4.5 mIoU of recall (README, "A class that floods"); not measured end to end.
     prior_correction: str = "none"
+    # mask_correction: the share (0..1) of PixelNet's lean that its training-set masks (the next seeds)
+    # undo, where prior_correction names PixelNet's masks. On the training images PixelNet has learned
+    # its labels' classes almost as they are, so the lean the loss's weights predict is mostly not
+    # there, and undoing all of it shrinks objects that were right (README, "Masks that keep their objects").
+    mask_correction: float = 1.0
+    # mask_scales, mask_flip: PixelNet's masks of the training images average its logits over the image
+    # at these scales (and mirrored), as DeepLab's multi-scale inference and as IRN / psa make their
+    # pseudo-labels; validation and the export stay single-scale (`predict --scales` for more).
+    mask_scales: list[float] = field(default_factory=lambda: [1.0])
+    mask_flip: bool = False
     # prediction_correction: the share (0..1) of PixelNet's class-balanced lean that its predictions
     # undo: validation in the loop, the exported SavedModel (so `predict` and TF Serving too). The
     # lean helps the network learn small objects but makes it paint them too large at test time; half
@@ -466,6 +476,14 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.labels.refine_posterior < 1.0:
         raise ConfigError(
             f"labels.refine_posterior: expected a probability in [0, 1), got {cfg.labels.refine_posterior!r}"
+        )
+    if not cfg.labels.mask_scales or any(not 0.25 <= x <= 4.0 for x in cfg.labels.mask_scales):
+        raise ConfigError(
+            f"labels.mask_scales: expected scales between 0.25 and 4, got {cfg.labels.mask_scales!r}"
+        )
+    if not 0.0 <= cfg.labels.mask_correction <= 1.0:
+        raise ConfigError(
+            f"labels.mask_correction: expected a number in [0, 1], got {cfg.labels.mask_correction!r}"
         )
     if not 0.0 <= cfg.labels.prediction_correction <= 1.0:
         raise ConfigError(

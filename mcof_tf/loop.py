@@ -134,7 +134,9 @@ def relabel_records(
     agreement: bool = False,
     region_crf: float = 0.0,
     refine_posterior: float = 0.0,
+    views: bool = False,
 ) -> str:
+    """`views`: PixelNet's logits averaged over labels.mask_scales / mask_flip (training-set masks)."""
     out = run.path(folder)
     relabel.run(
         records,
@@ -152,6 +154,8 @@ def relabel_records(
         agreement=agreement,
         region_crf=region_crf,
         refine_posterior=refine_posterior,
+        scales=run.cfg.labels.mask_scales if views else (1.0,),
+        flip=run.cfg.labels.mask_flip and views,
     )
     return os.path.join(out, "*.tfrecord")
 
@@ -245,8 +249,9 @@ def mcof(run: Run, iterations: int) -> str:
             f"{it}/masks",
             classes,
             t + 1,
-            prior_correction=corrects(prior, "pixelnet", t),
+            prior_correction=run.cfg.labels.mask_correction if corrects(prior, "pixelnet", t) else 0.0,
             saliency_background=guard,
+            views=True,
         )  # 10-11: S <- M
         validate(run, pixelnet, val_records, f"{it}/val", classes, t + 1)
     return pixelnet

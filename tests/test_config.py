@@ -67,11 +67,12 @@ def test_wrong_types_are_errors_that_name_the_key(override, key):
         load_config("synthetic", [override])
 
 
+@pytest.mark.parametrize("key", ["prediction_correction", "mask_correction"])
 @pytest.mark.parametrize("value", ["-0.1", "1.5"])
-def test_prediction_correction_is_a_share(value):
-    with pytest.raises(ConfigError, match="labels.prediction_correction"):
-        load_config("synthetic", [f"labels.prediction_correction={value}"])
-    assert load_config("synthetic", ["labels.prediction_correction=1"]).labels.prediction_correction == 1.0
+def test_corrections_are_shares(key, value):
+    with pytest.raises(ConfigError, match=f"labels.{key}"):
+        load_config("synthetic", [f"labels.{key}={value}"])
+    assert getattr(load_config("synthetic", [f"labels.{key}=1"]).labels, key) == 1.0
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.0"])

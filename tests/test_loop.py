@@ -36,7 +36,9 @@ def finished(tiny_root, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(base)  # exports land in ./saved_models
     try:
-        cfg = load_config("synthetic", TINY_RUN + ["experiment.name=tiny", "labels.prior_correction=all"])
+        over = ["experiment.name=tiny", "labels.prior_correction=all", "labels.mask_correction=0.75"]
+        over += ["labels.mask_flip=true"]
+        cfg = load_config("synthetic", TINY_RUN + over)
         rep = loop.run_all(cfg, 2, str(base / "work"), tiny_root)
         yield cfg, base, rep
     finally:
@@ -86,8 +88,8 @@ def test_report_has_every_stage_of_table_3(finished):
 def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
     """labels.prior_correction: PixelNet's training-set labels and those of RegionNets after the first
     undo their network's class balance, from the label shares recorded with each network; the first
-    RegionNet (partial seeds) is left as it is; validation and the export undo
-    labels.prediction_correction (a half) of PixelNet's."""
+    RegionNet (partial seeds) is left as it is; PixelNet's masks undo labels.mask_correction of its
+    lean, validation and the export labels.prediction_correction (a half)."""
     cfg, base, rep = finished
     work = base / "work"
 
@@ -97,7 +99,8 @@ def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
     assert offsets("iter1/regions") is None and cfg.labels.prediction_correction == 0.5
     exported = json.load(open(base / rep["export"] / "logit_offsets.json"))
     for folder, network, strength in (
-        ("iter1/masks", "iter1/pixelnet", 1.0),
+        ("iter1/masks", "iter1/pixelnet", 0.75),
+        ("iter2/masks", "iter2/pixelnet", 0.75),
         ("iter2/regions", "iter2/regionnet", 1.0),
         ("iter1/val", "iter1/pixelnet", 0.5),
         ("iter2/val", "iter2/pixelnet", 0.5),
@@ -110,6 +113,9 @@ def test_prior_correction_is_applied_to_the_networks_trained_on_masks(finished):
         assert offsets(folder) == pytest.approx(expected, abs=1e-5)
     assert exported == pytest.approx(offsets("iter2/val"), abs=1e-5)  # serves as validation measured
     assert json.load(open(work / "cam" / "train.json"))["label_shares"] is None
+    # labels.mask_flip: PixelNet's views for the training-set masks only, not validation
+    masks, val = (json.load(open(work / f / "manifest.json")) for f in ("iter1/masks", "iter1/val"))
+    assert (masks["flip"], val["flip"]) == (True, False)
 
 
 @pytest.mark.parametrize(

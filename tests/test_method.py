@@ -1,5 +1,7 @@
 """The method's pure functions on small hand-made arrays whose right answer can be seen."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -102,6 +104,31 @@ def test_dense_crf_cleans_a_noisy_map():
     q = dense_crf(img, np.stack([1 - p, p]).astype(np.float32))
     assert q.shape == (2, 12, 12) and np.allclose(q.sum(0), 1, atol=1e-4)
     assert (q.argmax(0) == (np.arange(12)[None, :] >= 6)).all()
+
+
+def test_dense_crf_in_worker_processes_gives_the_same_marginals():
+    """crf.in_processes: the CRFs of several threads run in spawned worker processes (pydensecrf holds
+    Python's lock), with the same results as in the calling thread; outside it, no processes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mcof_tf.vision import crf
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for _ in range(4):
+        img = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        p = rng.dirichlet(np.ones(3), (20, 24)).transpose(2, 0, 1).astype(np.float32)
+        jobs.append((img, p))
+    here = [dense_crf(img, p) for img, p in jobs]
+    with crf.in_processes(2):
+        assert crf._pool is not None
+        workers = {crf._pool.submit(os.getpid).result() for _ in range(4)}
+        with ThreadPoolExecutor(2) as threads:  # as Beam's local runner calls it
+            there = list(threads.map(lambda j: dense_crf(*j), jobs))
+    assert crf._pool is None and os.getpid() not in workers
+    assert all(np.array_equal(a, b) for a, b in zip(here, there))
+    with crf.in_processes(1):
+        assert crf._pool is None
 
 
 def test_dense_crf_accepts_read_only_images():

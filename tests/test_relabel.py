@@ -218,8 +218,8 @@ def test_cli_with_two_worker_processes(base, tmp_path):
 
 
 def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(base, tmp_path):
-    """labels.prior_correction / prediction_correction / refine_every_iteration / saliency_background /
-    agreement / region_crf / refine_posterior choose the job's own
+    """labels.prior_correction / mask_correction / prediction_correction / refine_every_iteration /
+    saliency_background / agreement / region_crf / refine_posterior / mask_scales / mask_flip choose the job's own
     arguments (which are in its fingerprint): changing them must not redo a stage they did not change;
     changing a rule of how labels are made (labels.min_confidence) must."""
     import dataclasses
@@ -236,6 +236,9 @@ def test_the_loops_choices_do_not_redo_a_finished_job_but_a_labels_rule_does(bas
         agreement=True,
         region_crf=True,
         refine_posterior=0.3,
+        mask_correction=0.5,
+        mask_scales=[1.0, 1.5],
+        mask_flip=True,
     )
     again = _run(base, "cam", out, cfg=dataclasses.replace(cfg, labels=choices), iteration=0)
     assert again["fingerprint"] == first["fingerprint"]
@@ -387,3 +390,50 @@ def test_refine_posterior_only_takes_pixels_out_of_the_refined_regions(base, tmp
         _run(base, "regionnet", tmp_path / "alone", iteration=1, refine_posterior=0.5)
     with pytest.raises(ValueError, match="--refine-posterior"):
         _run(base, "regionnet", tmp_path / "over", iteration=1, refine=True, refine_posterior=1.0)
+
+
+def test_pixel_logits_average_scales_and_the_mirror_image():
+    """relabel.pixel_logits: one view is the network's output at the image's size; with flip, the
+    mirrored image's output is mirrored back before the average (checked with a network that is not
+    mirror-symmetric: a running sum along the width); scales are resized back to the image's size."""
+    image = tf.constant(np.random.default_rng(0).normal(size=(1, 5, 7, 3)).astype(np.float32))
+
+    def forward(x):  # stands in for PixelNet: logits of 2 classes at the input's size
+        return tf.cumsum(x[..., :2], axis=2)
+
+    x = image.numpy()[0, :, :, :2]
+    one = np.cumsum(x, axis=1)
+    assert np.allclose(relabel.pixel_logits(forward, image), one, atol=1e-6)
+    mirrored = np.cumsum(x[:, ::-1], axis=1)[:, ::-1]
+    assert np.allclose(relabel.pixel_logits(forward, image, flip=True), (one + mirrored) / 2, atol=1e-5)
+    flat = tf.ones((1, 6, 8, 3))
+    out = relabel.pixel_logits(lambda x: x[..., :2], flat, scales=[0.5, 1.0, 2.0], flip=True)
+    assert out.shape == (6, 8, 2) and np.allclose(out, 1.0)
+
+
+def test_pixelnet_views_are_the_jobs_own_arguments(base, tmp_path):
+    """--scales / --flip: PixelNet's logits over several views; recorded in the manifest and in the
+    fingerprint only when other than one view (a finished job of before is not redone); pixelnet only."""
+    plain = _run(base, "pixelnet", tmp_path / "plain", iteration=1)
+    again = _run(base, "pixelnet", tmp_path / "plain", iteration=1, scales=[1.0], flip=False)
+    views = _run(base, "pixelnet", tmp_path / "views", iteration=1, scales=[0.75, 1.0], flip=True)
+    assert again["fingerprint"] == plain["fingerprint"] != views["fingerprint"]
+    assert (plain["scales"], plain["flip"], views["scales"], views["flip"]) == (
+        [1.0],
+        False,
+        [0.75, 1.0],
+        True,
+    )
+    assert views["written"] == 8 and "pixelnet" in views["metrics"]
+    changed = sum(
+        int((a.labels != b.labels).sum())
+        for a, b in zip(
+            records.read_records(str(tmp_path / "plain" / "*.tfrecord")),
+            records.read_records(str(tmp_path / "views" / "*.tfrecord")),
+        )
+    )
+    assert changed > 0  # an untrained network's argmax is not scale- and mirror-invariant
+    with pytest.raises(ValueError, match="apply to the pixelnet stage"):
+        _run(base, "regionnet", tmp_path / "r", iteration=1, flip=True)
+    with pytest.raises(ValueError, match="--scales"):
+        _run(base, "pixelnet", tmp_path / "s", iteration=1, scales=[8.0])
