@@ -108,8 +108,9 @@ def stage_clock() -> float:
 
 
 def _cpu_seconds() -> float:
+    # with the worker processes this process started and has reaped (the relabel job's CRF workers)
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _vm_hwm_kb() -> Optional[int]:
@@ -125,8 +126,9 @@ def _vm_hwm_kb() -> Optional[int]:
 
 def stage_usage(started: float) -> dict:
     """A finished stage's record: {"seconds", "cpu_percent", "peak_rss_mb", "peak_rss_scope": "stage" |
-    "process"}, from `started = stage_clock()`. Worker processes (Beam's multi_processing mode,
-    Dataflow) are not counted: their runner reports them."""
+    "process"}, from `started = stage_clock()`. CPU time counts the worker processes the stage started
+    and reaped (the relabel job's CRF workers, Beam's multi_processing workers); peak memory is this
+    process's; remote workers (Dataflow) are not counted: their runner reports them."""
     seconds = time.time() - started
     kb = _vm_hwm_kb()
     scope = "stage" if _reset_worked and kb is not None else "process"

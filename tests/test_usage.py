@@ -38,6 +38,18 @@ def test_a_stage_cpu_figure_is_its_cpu_time_over_its_wall_time():
     assert abs(got["cpu_percent"] - expected) < 10, (got, expected)
 
 
+def test_a_stage_cpu_figure_counts_the_worker_processes_it_reaped():
+    """A stage whose work runs in a child process (the relabel job's CRF workers) is not idle."""
+    import subprocess
+    import sys
+
+    started = usage.stage_clock()
+    busy = "import time\nt = time.process_time() + 0.5\nwhile time.process_time() < t: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True)  # this process waits, the child works
+    got = usage.stage_usage(started)
+    assert got["cpu_percent"] * got["seconds"] / 100 > 0.45, got  # CPU seconds: the child's 0.5 s in them
+
+
 def test_the_stage_clock_frees_and_resets_the_peak_and_returns_the_time(monkeypatch):
     import time
 
