@@ -269,7 +269,8 @@ def local_options(options=None):
     runner the project is tested with, offline included. Two threads overlap one image's network
     forward pass (TensorFlow releases Python's lock) with another's dense CRF and label rules (which
     hold it): the default loop's relabel stages ran at 101 % CPU on one thread (Intel Xeon, 2 cores;
-    a masks stage 12.0 s against 10.0 s on two, preprocess 6.5 s against 4.7 s). Explicit options are
+    a masks stage 12.0 s against 10.0 s on two, preprocess 6.5 s against 4.7 s); the relabel job also runs
+    its threads' dense CRFs in worker processes (`mcof_tf.vision.crf.in_processes`). Explicit options are
     respected: --direct_num_workers 1 for one in-memory worker, --direct_running_mode multi_processing
     for worker processes."""
     import os
