@@ -45,7 +45,8 @@ TAU (0..1) become background in the masks written for the next stage (config lab
 `mcof_tf.method.labels.saliency_background`), evaluated as "masks".
 
 The network runs under `RunInference` (`NetworkHandler`: the model, `DIR/model.keras` or a `.keras`
-path, is loaded once per worker process); `LabelRules` turns its scores into labels. Where records
+path, is loaded once per worker process); `LabelRules` turns its scores into labels (on the local
+runner's threads, its dense CRFs run in worker processes: `mcof_tf.vision.crf.in_processes`). Where records
 carry ground truth, the job also sums confusion matrices of what it produced (and, with --refine, of the
 unrefined RegionNet labels), reported in `OUT/manifest.json` under "metrics". As every job of the
 project: rejected records go to `OUT/rejected.jsonl` and read == written + rejected.

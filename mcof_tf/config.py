@@ -135,13 +135,15 @@ class LabelsConfig:
     # RegionNet's regions 4.5 mIoU of recall (README, "A class that floods"); not measured end to end.
     prior_correction: str = "none"
     # mask_correction: the share (0..1) of PixelNet's lean that its training-set masks (the next seeds)
-    # undo, where prior_correction names PixelNet's masks. On the training images PixelNet has learned
-    # its labels' classes almost as they are, so the lean the loss's weights predict is mostly not
-    # there, and undoing all of it shrinks objects that were right (README, "Masks that keep their objects").
+    # undo, where prior_correction names PixelNet's masks. Post hoc a trade between the presets: less
+    # keeps large objects' masks whole (default preset, iteration-1 CRF masks 84.8 at 1, 90.8 at 0), more
+    # cuts small objects' back (69.8 at 1, 55.9 at 0) (README, "PixelNet_1's masks against the regions
+    # it learned from"), so 1.
     mask_correction: float = 1.0
     # mask_scales, mask_flip: PixelNet's masks of the training images average its logits over the image
     # at these scales (and mirrored), as DeepLab's multi-scale inference and as IRN / psa make their
-    # pseudo-labels; validation and the export stay single-scale (`predict --scales` for more).
+    # pseudo-labels; validation and the export stay single-scale (`predict --scales` for more). Post hoc
+    # the CRF masks moved by -0.4 to +0.7 mIoU (flip; 0.75-1.25 with flip), so one view.
     mask_scales: list[float] = field(default_factory=lambda: [1.0])
     mask_flip: bool = False
     # prediction_correction: the share (0..1) of PixelNet's class-balanced lean that its predictions
