@@ -106,12 +106,15 @@ def test_dense_crf_cleans_a_noisy_map():
     assert (q.argmax(0) == (np.arange(12)[None, :] >= 6)).all()
 
 
-def test_dense_crf_in_worker_processes_gives_the_same_marginals():
+def test_dense_crf_in_worker_processes_gives_the_same_marginals(monkeypatch):
     """crf.in_processes: the CRFs of several threads run in spawned worker processes (pydensecrf holds
     Python's lock), with the same results as in the calling thread; outside it, no processes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from mcof_tf.vision import crf
+
+    # pytest's own main module is safe to spawn from, however pytest was started
+    monkeypatch.setattr(crf, "_spawn_reruns_main", lambda: False)
 
     rng = np.random.default_rng(0)
     jobs = []
@@ -129,6 +132,23 @@ def test_dense_crf_in_worker_processes_gives_the_same_marginals():
     assert all(np.array_equal(a, b) for a, b in zip(here, there))
     with crf.in_processes(1):
         assert crf._pool is None
+
+
+def test_no_crf_workers_under_a_script_run_by_its_path(monkeypatch):
+    """A spawned worker would run such a script again (unless it is guarded, which cannot be seen);
+    a module run with -m is safe."""
+    import sys
+    import types
+
+    from mcof_tf.vision import crf
+
+    script = types.ModuleType("__main__")
+    script.__file__, script.__spec__ = "/somewhere/job.py", None
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    with crf.in_processes(2):
+        assert crf._pool is None
+    script.__spec__ = types.SimpleNamespace(name="mcof_tf.train")  # python -m mcof_tf.train
+    assert not crf._spawn_reruns_main()
 
 
 def test_dense_crf_accepts_read_only_images():
