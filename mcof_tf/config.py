@@ -483,6 +483,11 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(
             f"labels.mask_scales: expected scales between 0.25 and 4, got {cfg.labels.mask_scales!r}"
         )
+    if not 0.0 < cfg.labels.region_crf_confidence <= 1.0:
+        raise ConfigError(
+            "labels.region_crf_confidence: expected a probability in (0, 1], got "
+            f"{cfg.labels.region_crf_confidence!r}"
+        )
     if not 0.0 <= cfg.labels.mask_correction <= 1.0:
         raise ConfigError(
             f"labels.mask_correction: expected a number in [0, 1], got {cfg.labels.mask_correction!r}"

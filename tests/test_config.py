@@ -75,6 +75,14 @@ def test_corrections_are_shares(key, value):
     assert getattr(load_config("synthetic", [f"labels.{key}=1"]).labels, key) == 1.0
 
 
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_region_crf_confidence_is_a_probability(value):
+    """Checked when the config loads, not first in the relabel job an hour into the loop."""
+    with pytest.raises(ConfigError, match="labels.region_crf_confidence"):
+        load_config("synthetic", [f"labels.region_crf_confidence={value}"])
+    assert load_config("synthetic", ["labels.region_crf_confidence=1"]).labels.region_crf_confidence == 1.0
+
+
 @pytest.mark.parametrize("value", ["-0.1", "1.0"])
 def test_saliency_background_is_a_saliency_below_one(value):
     with pytest.raises(ConfigError, match="labels.saliency_background"):
