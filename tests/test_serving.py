@@ -415,6 +415,22 @@ def test_beam_predict_job_two_workers(exported, image_folder, tmp_path):
         assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(cli / name)))
 
 
+def test_beam_predict_with_crf_on_the_local_threads_matches_the_cli(exported, image_folder, tmp_path):
+    """The Beam job's two local threads run their dense CRFs in worker processes: same label maps as the
+    one-image-at-a-time CLI."""
+    from beam_jobs import predict as beam_predict
+
+    out, cli = tmp_path / "beam", tmp_path / "cli"
+    m = beam_predict.run(exported["v1"], str(image_folder), str(out), None, crf=True)
+    assert m["written"] == 2
+    assert (
+        predict.main(["--model", exported["v1"], "--images", str(image_folder), "--out", str(cli), "--crf"])
+        == 0
+    )
+    for name in ("a.png", "sub/gray.png"):
+        assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(cli / name)))
+
+
 def test_large_images_are_segmented_at_the_network_size_and_oversized_ones_rejected(exported, tmp_path):
     from mcof_tf.inference import Predictor
 
