@@ -269,8 +269,8 @@ def local_options(options=None):
     runner the project is tested with, offline included. Two threads overlap one image's network
     forward pass (TensorFlow releases Python's lock) with another's dense CRF and label rules (which
     hold it): the default loop's relabel stages ran at 101 % CPU on one thread (Intel Xeon, 2 cores;
-    a masks stage 12.0 s against 10.0 s on two, preprocess 6.5 s against 4.7 s); the relabel job also runs
-    its threads' dense CRFs in worker processes (`mcof_tf.vision.crf.in_processes`). Explicit options are
+    a masks stage 12.0 s against 10.0 s on two, preprocess 6.5 s against 4.7 s); `run_pipeline` also runs
+    the threads' dense CRFs in worker processes (`mcof_tf.vision.crf.in_processes`). Explicit options are
     respected: --direct_num_workers 1 for one in-memory worker, --direct_running_mode multi_processing
     for worker processes."""
     import os
@@ -318,10 +318,15 @@ def run_pipeline(options, build: Callable[[beam.Pipeline], None], namespace: str
     """Build and run a pipeline to completion (`local_options` completes the options); then log the
     job's Beam metrics (`namespace`: its counters and per-image latency), which every runner reports,
     Dataflow included."""
+    from mcof_tf.vision import crf
+
     pipeline = beam.Pipeline(options=local_options(options))
     build(pipeline)
-    result = pipeline.run()
-    result.wait_until_finish()
+    # the dense CRFs of the local runner's threads (relabel, predict --crf) run side by side in worker
+    # processes (they hold Python's lock); the workers start at a job's first CRF: none without one
+    with crf.in_processes(local_threads(options)):
+        result = pipeline.run()
+        result.wait_until_finish()
     if namespace:
         log.info(f"{namespace}: Beam metrics: {metrics_summary(result, namespace)}")
     return result

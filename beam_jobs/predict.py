@@ -137,10 +137,7 @@ def run(
                 | "WriteRejected" >> common.WriteLines(out_dir, common.REJECTED)
             )
 
-        from mcof_tf.vision import crf as dense_crf  # --crf: the local runner's threads' CRFs in processes
-
-        with dense_crf.in_processes(common.local_threads(pipeline_options) if crf else 1):
-            common.run_pipeline(pipeline_options, build, "predict")
+        common.run_pipeline(pipeline_options, build, "predict")  # --crf: in worker processes, locally
         with fileio.open_file(common.join(out_dir, f"{OUTPUTS}.txt"), "r") as f:
             done = [line.split("\t") for line in f.read().splitlines() if line]
         missing = [target for _, target in done if not fileio.exists(target)]

@@ -563,12 +563,7 @@ def run(
                     | f"Write{tag}" >> common.WriteLines(out_dir, tag)
                 )
 
-        from mcof_tf.vision import crf
-
-        # the dense CRFs of the local runner's threads run side by side in processes (they hold Python's
-        # lock); processes start at the first CRF, so a job without one starts none
-        with crf.in_processes(common.local_threads(pipeline_options)):
-            common.run_pipeline(pipeline_options, build, "relabel")
+        common.run_pipeline(pipeline_options, build, "relabel")  # its CRFs in worker processes, locally
         metrics, stats = {}, {}
         for tag, entries, entry in ((CONFUSION, metrics, metrics_entry), (STATS, stats, stats_entry)):
             for path in fileio.glob(common.join(out_dir, f"{tag}*.jsonl")):
