@@ -73,7 +73,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from beam_jobs import common
 from mcof_tf import fileio, usage
 from mcof_tf import log as log_setup
-from mcof_tf.config import Config
+from mcof_tf.config import Config, check_scales
 from mcof_tf.fileio import check_output_apart, file_digest, folder_lock
 
 log = logging.getLogger(__name__)
@@ -454,12 +454,10 @@ def run(
         raise ValueError(f"--agreement applies to the regionnet stage, not {stage}")
     if region_crf and stage != "regionnet":
         raise ValueError(f"--region-crf applies to the regionnet stage, not {stage}")
-    scales = [float(x) for x in scales]
+    scales = check_scales(scales, "--scales")
     views = scales != [1.0] or flip  # PixelNet's inference over several views
     if views and stage != "pixelnet":
         raise ValueError(f"--scales / --flip apply to the pixelnet stage, not {stage}")
-    if not scales or any(not 0.25 <= x <= 4.0 for x in scales):
-        raise ValueError(f"--scales: expected scales between 0.25 and 4, got {scales}")
     if not 0.0 <= region_crf <= 1.0:
         raise ValueError(f"--region-crf: expected a confidence in [0, 1], got {region_crf}")
     if refine_posterior and not refine:

@@ -463,10 +463,28 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
     return _validate(_build(Config, values))
 
 
+# The image scales a network may be run at: one range for the CAM's seeds, PixelNet's views and the
+# CLIs' --scales, so that a value one of them takes is not refused by another later (at 1/4 a 500 px
+# image is 16 cells of PixelNet's stride-8 output across; 4× is 16 times the pixels).
+SCALE_RANGE = (0.25, 4.0)
+
+
+def check_scales(scales: typing.Sequence[float], what: str) -> list[float]:
+    """`scales` as floats, or a ValueError naming `what` when one is outside SCALE_RANGE or none is given."""
+    out = [float(s) for s in scales]
+    lo, hi = SCALE_RANGE
+    if not out or any(not lo <= s <= hi for s in out):
+        raise ValueError(f"{what}: expected scales between {lo:g} and {hi:g}, got {list(scales)!r}")
+    return out
+
+
 def _validate(cfg: Config) -> Config:
     """Value ranges the types cannot say."""
-    if not cfg.seeds.scales or any(s <= 0 for s in cfg.seeds.scales):
-        raise ConfigError(f"seeds.scales: expected positive numbers, got {cfg.seeds.scales!r}")
+    for key, scales in (("seeds.scales", cfg.seeds.scales), ("labels.mask_scales", cfg.labels.mask_scales)):
+        try:
+            check_scales(scales, key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if not 0.0 <= cfg.labels.min_confidence < 1.0:
         raise ConfigError(
             f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}"
@@ -478,10 +496,6 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.labels.refine_posterior < 1.0:
         raise ConfigError(
             f"labels.refine_posterior: expected a probability in [0, 1), got {cfg.labels.refine_posterior!r}"
-        )
-    if not cfg.labels.mask_scales or any(not 0.25 <= x <= 4.0 for x in cfg.labels.mask_scales):
-        raise ConfigError(
-            f"labels.mask_scales: expected scales between 0.25 and 4, got {cfg.labels.mask_scales!r}"
         )
     if not 0.0 < cfg.labels.region_crf_confidence <= 1.0:
         raise ConfigError(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mcof_tf import fileio
+from mcof_tf.config import check_scales
 from mcof_tf.export import CLASSES_FILE, MAX_SIDE
 from mcof_tf.fileio import pattern_folder, write_bytes_atomic
 
@@ -201,13 +202,13 @@ def parse_scales(text: str) -> list[float]:
         scales = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--scales must be numbers separated by commas, not {text!r}") from None
-    if not scales or any(not 0.1 <= s <= 4.0 for s in scales):
-        raise ValueError(f"--scales must be between 0.1 and 4, got {text!r}")
-    return scales
+    return check_scales(scales, "--scales")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """The per-image options shared with `beam_jobs.predict`."""
     p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
-    p.add_argument("--scales", default="1", help="comma-separated input scales to average, e.g. 0.75,1,1.25")
+    p.add_argument(
+        "--scales", default="1", help="comma-separated input scales to average (0.25 to 4), e.g. 0.75,1,1.25"
+    )
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.jpg")

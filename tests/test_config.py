@@ -97,6 +97,25 @@ def test_refine_posterior_is_a_probability_below_one(value):
     assert load_config("synthetic", ["labels.refine_posterior=0.2"]).labels.refine_posterior == 0.2
 
 
+@pytest.mark.parametrize("value", ["0.2", "4.5"])
+def test_every_scale_option_takes_one_range(value):
+    """The config's CAM and PixelNet scales and the CLIs' --scales refuse the same values (the predict
+    CLIs used to take 0.1, which the relabel job then refused)."""
+    from mcof_tf.inference import parse_scales
+
+    for key in ("seeds.scales", "labels.mask_scales"):
+        with pytest.raises(ConfigError, match=key):
+            load_config("synthetic", [f"{key}=[1.0, {value}]"])
+        section, name = key.split(".")
+        assert getattr(getattr(load_config("synthetic", [f"{key}=[0.25, 4.0]"]), section), name) == [
+            0.25,
+            4.0,
+        ]
+    with pytest.raises(ValueError, match="--scales: expected scales between 0.25 and 4"):
+        parse_scales(f"1,{value}")
+    assert parse_scales("0.25, 1,4") == [0.25, 1.0, 4.0]
+
+
 def test_choice_fields_are_checked():
     with pytest.raises(ConfigError, match="saliency.method"):
         load_config("synthetic", ["saliency.method=magic"])
