@@ -180,7 +180,8 @@ def bench_train(args) -> None:
         y = rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32)
         t_mem = _time_fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(), args.steps)
         line = (
-            f"{label}, {model.dtype_policy.name}: PixelNet {cfg.model.backbone} crop {crop} batch {batch}: "
+            f"{label}, {model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}: "
+            f"PixelNet {cfg.model.backbone} crop {crop} batch {batch}: "
             f"{t_mem:.3f} s/step, "
             f"{batch / t_mem:.2f} images/s, {flops / 1e9:.1f} GFLOP/step, {flops / t_mem / 1e9:.1f} GFLOP/s "
             f"= {flops / t_mem / ceiling:.2f} of the matmul ceiling"

@@ -258,9 +258,12 @@ class TrainConfig:
     # Keras dtype policy of the three networks: auto | float32 | mixed_bfloat16 | mixed_float16; auto:
     # bf16 where the hardware has it natively, fp16 on older GPUs, else float32 (mcof_tf.precision)
     mixed_precision: str = "auto"
-    # XLA-compile the train step. Keras' "auto" leaves it off on CPU-only machines, where it is the
-    # difference between 0.41 and 0.63 of the matmul ceiling for a DeepLab-LargeFOV step (bench train).
-    jit_compile: bool = True
+    # XLA-compile the train step: true | false | auto. auto (mcof_tf.precision.choose_jit): on GPUs, and on
+    # CPUs without AMX (AMD EPYC, float32: 0.67 against 0.41 of the matmul ceiling); off on CPUs with AMX,
+    # where oneDNN's kernels, which XLA's CPU backend does not call, were faster (paper config, bf16, on an
+    # Intel Xeon with AMX: 36.4 s/step with XLA, 6.9 s without; README, "XLA on a CPU with AMX"). Keras'
+    # own "auto" leaves XLA off on every CPU.
+    jit_compile: bool | str = "auto"
     # tf.distribute devices; empty: every local GPU, or the CPU when there is none
     devices: list[str] = field(default_factory=list)
     steps_per_epoch: int = 0  # 0: one pass over the training records per epoch
@@ -319,9 +322,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _convert(value, args[0], key)
+        for arg in args[:-1]:  # the first type the value fits (bool | str: true, or "auto")
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        return _convert(value, args[-1], key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -485,6 +493,8 @@ def _validate(cfg: Config) -> Config:
             check_scales(scales, key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if isinstance(cfg.train.jit_compile, str) and cfg.train.jit_compile != "auto":
+        raise ConfigError(f"train.jit_compile: expected true, false or auto, got {cfg.train.jit_compile!r}")
     if not 0.0 <= cfg.labels.min_confidence < 1.0:
         raise ConfigError(
             f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}"

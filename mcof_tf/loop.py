@@ -271,7 +271,7 @@ def _flat(d, prefix: str = "") -> dict:
 
 def run_record_differences(theirs: dict, mine: dict) -> list[str]:
     """Keys (a.b.c) whose values differ between a workdir's config.json and this run's. Not counted:
-    where the workdir is and how stages run (training.EXECUTION_KEYS: devices, dtype policy, backup
+    where the workdir is and how stages run (training.EXECUTION_KEYS: devices, dtype policy, XLA, backup
     interval; they may change between a run and its resumption), and keys an older mcof_tf did not
     write that hold their default value now."""
 

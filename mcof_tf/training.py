@@ -316,7 +316,10 @@ def compiled_network(
             learning_rate=schedule,
             momentum=cfg.train.momentum,
         )
-        jit = cfg.train.jit_compile and all(layer.supports_jit for layer in all_layers(model))
+        jit, why = precision.resolve_jit(cfg.train.jit_compile, policy, cfg.train.devices)
+        if jit and not all(layer.supports_jit for layer in all_layers(model)):
+            jit, why = False, "a layer of the network does not support it"
+        log.info(f"train {network}: XLA {'on' if jit else 'off'} ({why})")
         model.compile(
             optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit
         )
@@ -509,6 +512,7 @@ def train(
             "warm_start": bool(init_from),
             "backbone_from": backbone_from,
             "dtype_policy": model.dtype_policy.name,
+            "jit_compile": bool(model.jit_compile),
             # what relabelling with labels.prior_correction needs (the classes' shares it learned from)
             "label_shares": None if network == "cam" else label_shares(network, records, cfg, num_classes),
             "class_balance": cfg.train.class_balance,
@@ -587,8 +591,8 @@ def save_model(model: keras.Model, path: str) -> None:
 INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it starts
 # train.* keys that say how a stage runs, not what it learns from: they may change between a run and
 # its resumption (another machine), and a finished stage is not redone for them. Its actual dtype
-# policy is in its train.json.
-EXECUTION_KEYS = ("devices", "mixed_precision", "backup_seconds")
+# policy and XLA use are in its train.json.
+EXECUTION_KEYS = ("devices", "mixed_precision", "jit_compile", "backup_seconds")
 # a stage's keys that only a warm-started network uses; 0 means "as the cold start" (StageConfig)
 WARM_KEYS = ("warm_epochs", "warm_learning_rate")
 

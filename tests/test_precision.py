@@ -39,6 +39,51 @@ def test_unknown_policies_are_refused():
     assert load_config("synthetic").train.mixed_precision == "auto"
 
 
+@pytest.mark.parametrize(
+    "setting, policy, on_gpus, flags, want",
+    [
+        ("auto", "mixed_bfloat16", False, {"avx512_bf16", "amx_bf16", "amx_tile"}, False),  # Xeon, AMX
+        ("auto", "float32", False, {"amx_tile"}, False),  # oneDNN won there in float32 too
+        ("auto", "mixed_bfloat16", False, {"avx512_bf16"}, True),  # EPYC: XLA as fast as float32
+        ("auto", "float32", False, {"avx2"}, True),
+        ("auto", "mixed_bfloat16", True, {"amx_bf16"}, True),  # training on GPUs: XLA
+        (True, "mixed_bfloat16", False, {"amx_bf16"}, True),  # an explicit setting wins
+        (False, "float32", True, set(), False),
+    ],
+)
+def test_xla_follows_the_hardware(setting, policy, on_gpus, flags, want):
+    jit, why = precision.choose_jit(setting, policy, on_gpus, flags)
+    assert jit is want and why
+
+
+def test_jit_compile_takes_true_false_or_auto():
+    assert load_config("synthetic_vgg16").train.jit_compile == "auto"
+    assert load_config("voc2012_vgg16").train.jit_compile == "auto"  # the default
+    assert load_config("synthetic").train.jit_compile is False
+    assert load_config("synthetic", ["train.jit_compile=true"]).train.jit_compile is True
+    assert load_config("synthetic", ["train.jit_compile=auto"]).train.jit_compile == "auto"
+    for bad in ("always", "[1]", "0.5"):
+        with pytest.raises(ConfigError, match="train.jit_compile"):
+            load_config("synthetic", [f"train.jit_compile={bad}"])
+    with pytest.raises(ValueError, match="jit_compile"):
+        precision.choose_jit("on", "float32", False)
+
+
+def test_compiled_networks_take_xla_from_the_cpu(tiny_cfg, caplog, monkeypatch):
+    """What compiled_network does with `auto`: the CPU's flags decide XLA, and the log says why."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda devices=(): [])
+    strategy = training.make_strategy(["/cpu:0"])
+    tiny_cfg.train.jit_compile = "auto"
+    for flags, want in (({"avx2", "amx_tile"}, False), ({"avx2"}, True)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda path="", flags=flags: flags)
+        assert training.compiled_network("pixelnet", tiny_cfg, 4, 10, strategy).jit_compile is want
+        assert f"train pixelnet: XLA {'on' if want else 'off'} (" in caplog.text
+        caplog.clear()
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nflags : x\n")
@@ -77,6 +122,7 @@ def test_every_network_trains_under_each_policy(network, policy, labelled_record
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
     assert np.isfinite(model.history.history["loss"]).all()
     assert training.read_json(str(tmp_path / "train.json"))["dtype_policy"] == policy
+    assert training.read_json(str(tmp_path / "train.json"))["jit_compile"] is bool(model.jit_compile)
     reloaded = training.load_model(str(tmp_path / training.MODEL_FILE))
     # the saved layers keep their policy (the backbone's convolutions; the classifier is float32)
     convs = [l for l in training.all_layers(reloaded) if isinstance(l, keras.layers.Conv2D)]
