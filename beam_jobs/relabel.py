@@ -3,8 +3,8 @@
     python -m beam_jobs.relabel --records GLOB --model DIR --stage {cam,regionnet,pixelnet,groundtruth}
                                 --out DIR [--config C] [--set k=v] [--iteration T] [--refine] [--no-tags]
                                 [--prior-correction [S]] [--saliency-background TAU] [--agreement]
-                                [--region-crf [CONFIDENCE]] [--refine-posterior P] [--scales S,S]
-                                [--flip] [Beam options]
+                                [--region-crf [CONFIDENCE]] [--refine-posterior P] [--refine-connected]
+                                [--scales S,S] [--flip] [Beam options]
 
 Stages (the rule applied to each image's prediction):
   cam          CAM → per-superpixel seeds (§4.1)
@@ -35,6 +35,9 @@ CRF's colour and position terms cut that halo back to the object's edges.
 --refine-posterior P (with --refine): RegionNet's own object pixels stay in the refined region only where
 the saliency-guided posterior p(obj|v) exceeds P (config labels.refine_posterior; default 0: all of them,
 the paper's supplement): non-salient pixels of another colour than the object's leave the region.
+
+--refine-connected (with --refine): the refinement adds only the parts of its CRF object that touch
+RegionNet's object region (config labels.refine_connected): salient distractors elsewhere stay background.
 
 --scales S,S [--flip] (pixelnet): PixelNet's logits are averaged over the image at these scales (and
 mirrored), each resized back to the image's size (config labels.mask_scales / mask_flip for the training
@@ -235,6 +238,7 @@ class LabelRules(beam.DoFn):
         agreement: bool = False,
         region_crf: float = 0.0,
         refine_posterior: float = 0.0,
+        refine_connected: bool = False,
     ):
         self.stage = stage
         self.num_classes = num_classes
@@ -249,6 +253,7 @@ class LabelRules(beam.DoFn):
         self.agreement = agreement  # see --agreement
         self.region_crf = region_crf  # see --region-crf
         self.refine_posterior = refine_posterior  # see --refine-posterior
+        self.refine_connected = refine_connected  # see --refine-connected
         self.written = Metrics.counter("relabel", "written")
         self.rejected = Metrics.counter("relabel", "rejected")
         self.region_crf_images = Metrics.counter("relabel", "region_crf_images")  # that needed the CRF
@@ -337,7 +342,12 @@ class LabelRules(beam.DoFn):
                 from mcof_tf.method.refine import refine_single_tag
 
                 rec.labels = refine_single_tag(
-                    rec.image, rec.saliency, pixels, tags[0], keep_posterior=self.refine_posterior
+                    rec.image,
+                    rec.saliency,
+                    pixels,
+                    tags[0],
+                    keep_posterior=self.refine_posterior,
+                    connected=self.refine_connected,
                 )
                 rec.label_stage = "refined"
             else:
@@ -411,6 +421,7 @@ LOOP_CHOICES = (
     "region_crf",
     "region_crf_confidence",
     "refine_posterior",
+    "refine_connected",
     "mask_scales",
     "mask_flip",
 )
@@ -433,6 +444,7 @@ def run(
     agreement: bool = False,
     region_crf: float = 0.0,
     refine_posterior: float = 0.0,
+    refine_connected: bool = False,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
 ) -> dict:
@@ -462,6 +474,8 @@ def run(
         raise ValueError(f"--region-crf: expected a confidence in [0, 1], got {region_crf}")
     if refine_posterior and not refine:
         raise ValueError("--refine-posterior applies with --refine")
+    if refine_connected and not refine:
+        raise ValueError("--refine-connected applies with --refine")
     if not 0.0 <= refine_posterior < 1.0:
         raise ValueError(f"--refine-posterior: expected a probability in [0, 1), got {refine_posterior}")
     from mcof_tf.training import model_file
@@ -495,6 +509,7 @@ def run(
             **({"agreement": True} if agreement else {}),
             **({"region_crf": region_crf} if region_crf else {}),
             **({"refine_posterior": refine_posterior} if refine_posterior else {}),
+            **({"refine_connected": True} if refine_connected else {}),
             **({"scales": scales, "flip": flip} if views else {}),
         }
     )
@@ -523,6 +538,7 @@ def run(
             agreement,
             region_crf,
             refine_posterior,
+            refine_connected,
         )
         scores = (
             beam.Map(parsed)
@@ -585,6 +601,7 @@ def run(
                 "agreement": agreement,
                 "region_crf": region_crf,
                 "refine_posterior": refine_posterior,
+                "refine_connected": refine_connected,
                 "scales": scales,
                 "flip": flip,
                 "classes": list(classes),
@@ -668,6 +685,11 @@ def main(argv=None) -> int:
         "saliency-guided posterior exceeds P (default 0: all, the paper's supplement)",
     )
     parser.add_argument(
+        "--refine-connected",
+        action="store_true",
+        help="with --refine: only the parts of the refinement's object that touch RegionNet's region",
+    )
+    parser.add_argument(
         "--scales",
         default="1",
         help="pixelnet: comma-separated image scales whose logits are averaged (default 1)",
@@ -698,6 +720,7 @@ def main(argv=None) -> int:
             agreement=args.agreement,
             region_crf=args.region_crf,
             refine_posterior=args.refine_posterior,
+            refine_connected=args.refine_connected,
             scales=parse_scales(args.scales),
             flip=args.flip,
         )

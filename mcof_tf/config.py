@@ -187,6 +187,11 @@ class LabelsConfig:
     # 3 seeds: refined regions +4.73 +- 0.46 and PixelNet_1 val +4.18 +- 1.74, but final val -0.30 +- 1.71,
     # so off (README, "A refinement that can also take away").
     refine_posterior: float = 0.0
+    # refine_connected: the saliency-guided refinement adds only the parts of its CRF object that touch
+    # RegionNet's object region (a salient distractor of the object's colour elsewhere is not a missing part
+    # of it: the paper's Fig. 5). Small objects, 3 seeds, CAM / seeds / first RegionNet shared: see README,
+    # "Refinement that stays with the object"; the default preset not measured end to end, so off.
+    refine_connected: bool = False
 
 
 @dataclass

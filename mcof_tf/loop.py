@@ -134,6 +134,7 @@ def relabel_records(
     agreement: bool = False,
     region_crf: float = 0.0,
     refine_posterior: float = 0.0,
+    refine_connected: bool = False,
     views: bool = False,
 ) -> str:
     """`views`: PixelNet's logits averaged over labels.mask_scales / mask_flip (training-set masks)."""
@@ -154,6 +155,7 @@ def relabel_records(
         agreement=agreement,
         region_crf=region_crf,
         refine_posterior=refine_posterior,
+        refine_connected=refine_connected,
         scales=run.cfg.labels.mask_scales if views else (1.0,),
         flip=run.cfg.labels.mask_flip and views,
     )
@@ -237,6 +239,7 @@ def mcof(run: Run, iterations: int) -> str:
                 agreement=t > 0 and run.cfg.labels.agreement,
                 region_crf=run.cfg.labels.region_crf_confidence if run.cfg.labels.region_crf else 0.0,
                 refine_posterior=run.cfg.labels.refine_posterior if refine else 0.0,
+                refine_connected=run.cfg.labels.refine_connected and refine,
             )
         pixelnet = train_network(
             run, "pixelnet", regions, f"{it}/pixelnet", C, pixelnet

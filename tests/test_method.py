@@ -96,6 +96,29 @@ def test_refine_posterior_takes_a_non_salient_spill_out_of_the_region():
     assert set(np.unique(cut)) == {0, 3}
 
 
+def test_refine_connected_leaves_a_salient_distractor_out():
+    """labels.refine_connected: a red object RegionNet found a corner of, and a red salient distractor apart
+    from it. The paper's refinement adds both (same colour, salient); the connected rule adds the object's
+    missing part only."""
+    img = np.full((20, 24, 3), 20, np.uint8)
+    img[3:11, 3:11] = (220, 60, 40)  # the object
+    img[12:17, 16:21] = (220, 60, 40)  # the distractor, same colour, away from it
+    sal = np.zeros((20, 24), np.uint8)
+    sal[2:12, 2:12] = 220
+    sal[11:18, 15:22] = 220
+    region = np.zeros((20, 24), np.uint8)
+    region[3:6, 3:6] = 4  # RegionNet found a corner of the object
+    obj = np.zeros((20, 24), bool)
+    obj[3:11, 3:11] = True
+    distractor = np.zeros((20, 24), bool)
+    distractor[12:17, 16:21] = True
+    plain = refine_single_tag(img, sal, region, 4) == 4
+    assert plain[distractor].mean() > 0.9 and plain[obj].mean() > 0.9  # both added
+    near = refine_single_tag(img, sal, region, 4, connected=True) == 4
+    assert not near[distractor].any() and (near[obj] == plain[obj]).all()
+    assert (near <= plain).all() and (near[region == 4]).all()
+
+
 def test_dense_crf_cleans_a_noisy_map():
     img = np.zeros((12, 12, 3), np.uint8)
     img[:, 6:] = 255

@@ -392,6 +392,26 @@ def test_refine_posterior_only_takes_pixels_out_of_the_refined_regions(base, tmp
         _run(base, "regionnet", tmp_path / "over", iteration=1, refine=True, refine_posterior=1.0)
 
 
+def test_refine_connected_only_takes_parts_out_of_the_refined_regions(base, tmp_path):
+    """--refine-connected: a single-tag image's refined object is a subset of the plain refinement's;
+    multi-tag images are not refined; in the fingerprint only when on (in the manifest always); needs
+    --refine."""
+    plain = _run(base, "regionnet", tmp_path / "plain", iteration=1, refine=True)
+    near = _run(base, "regionnet", tmp_path / "near", iteration=1, refine=True, refine_connected=True)
+    assert plain["fingerprint"] != near["fingerprint"]
+    assert plain["refine_connected"] is False and near["refine_connected"] is True
+    before = {r.id: r for r in records.read_records(str(tmp_path / "plain" / "*.tfrecord"))}
+    for r in records.read_records(str(tmp_path / "near" / "*.tfrecord")):
+        old = before[r.id]
+        if len(r.tag_indices) == 1:
+            tag = r.tag_indices[0]
+            assert not ((r.labels == tag) & (old.labels != tag)).any()  # nothing added
+        else:
+            assert np.array_equal(r.superpixel_labels, old.superpixel_labels)
+    with pytest.raises(ValueError, match="--refine-connected"):
+        _run(base, "regionnet", tmp_path / "alone", iteration=1, refine_connected=True)
+
+
 def test_pixel_logits_average_scales_and_the_mirror_image():
     """relabel.pixel_logits: one view is the network's output at the image's size; with flip, the
     mirrored image's output is mirrored back before the average (checked with a network that is not

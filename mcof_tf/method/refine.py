@@ -13,7 +13,9 @@ pixel, everything outside the object region. Taking "everything else" as backgro
 object's still-missing parts into p(v|bg), which are exactly the parts refinement must recover. The
 posterior is binarised with a dense CRF; the refined region is the CRF's object plus the RegionNet
 region it supplements (with `keep_posterior` > 0, only the part of that region whose posterior exceeds it:
-config `labels.refine_posterior`).
+config `labels.refine_posterior`; with `connected`, only the parts of the CRF's object that touch the region:
+a salient distractor of the object's colour elsewhere in the image is not a missing part of it, config
+`labels.refine_connected`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def refine_single_tag(
     tag: int,
     use_crf: bool = True,
     keep_posterior: float = 0.0,
+    connected: bool = False,
 ) -> np.ndarray:
     """Refined pixel labels (uint8: `tag` or 0) of a single-tag image.
 
@@ -61,6 +64,7 @@ def refine_single_tag(
     An image whose RegionNet region is empty has nothing to learn colours from and is returned as is.
     keep_posterior: RegionNet's object pixels stay only where the posterior exceeds it (0: all of them,
     the paper's supplement); non-salient pixels of another colour than the object's leave the region.
+    connected: only the parts of the refined region that touch RegionNet's object region stay.
     """
     obj = region_labels == tag
     if not obj.any() or obj.all():
@@ -74,7 +78,14 @@ def refine_single_tag(
     else:
         fg = post > 0.5
     kept = obj & (post > keep_posterior) if keep_posterior > 0 else obj
-    return np.where(fg | kept, tag, 0).astype(np.uint8)
+    refined = fg | kept
+    if connected:  # the 8-connected parts of the refined region that hold RegionNet's object pixels
+        from scipy import ndimage
+
+        parts, _ = ndimage.label(refined, structure=np.ones((3, 3)))
+        touching = np.unique(parts[refined & obj])
+        refined = np.isin(parts, touching[touching > 0])
+    return np.where(refined, tag, 0).astype(np.uint8)
 
 
 def softmax(scores: np.ndarray, tags=None) -> np.ndarray:
