@@ -79,10 +79,10 @@ def refine_single_tag(
         fg = post > 0.5
     kept = obj & (post > keep_posterior) if keep_posterior > 0 else obj
     refined = fg | kept
-    if connected:  # the 8-connected parts of the refined region that hold RegionNet's object pixels
+    if connected:  # the (4-)connected parts of the refined region that hold RegionNet's object pixels
         from scipy import ndimage
 
-        parts, _ = ndimage.label(refined, structure=np.ones((3, 3)))
+        parts, _ = ndimage.label(refined)
         touching = np.unique(parts[refined & obj])
         refined = np.isin(parts, touching[touching > 0])
     return np.where(refined, tag, 0).astype(np.uint8)
