@@ -190,7 +190,7 @@ class LabelsConfig:
     # refine_connected: the saliency-guided refinement adds only the parts of its CRF object that touch
     # RegionNet's object region (a salient distractor of the object's colour elsewhere is not a missing part
     # of it: the paper's Fig. 5). Small objects, 3 seeds, CAM / seeds / first RegionNet shared: see README,
-    # "Refinement that stays with the object"; the default preset not measured end to end, so off.
+    # "Refinement that stays with the object": final val +1.53 +- 2.19, within its spread, so off.
     refine_connected: bool = False
 
 
