@@ -322,6 +322,9 @@ _CHOICES = {
 }
 
 
+_KIND_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp` and build dataclasses from dicts."""
     origin = typing.get_origin(tp)
@@ -329,12 +332,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        for arg in args[:-1]:  # the first type the value fits (bool | str: true, or "auto")
+        if len(args) == 1:
+            return _convert(value, args[0], key)
+        for arg in args:  # the first type the value fits (bool | str: true, or "auto")
             try:
                 return _convert(value, arg, key)
             except ConfigError:
                 pass
-        return _convert(value, args[-1], key)
+        kinds = " or ".join(_KIND_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
+        raise ConfigError(f"{key}: expected {kinds}, got {type(value).__name__} {value!r}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

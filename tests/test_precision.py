@@ -67,6 +67,9 @@ def test_jit_compile_takes_true_false_or_auto():
             load_config("synthetic", [f"train.jit_compile={bad}"])
     with pytest.raises(ValueError, match="jit_compile"):
         precision.choose_jit("on", "float32", False)
+    # a value no member of bool | str takes is named against both, not only the last one tried
+    with pytest.raises(ConfigError, match="train.jit_compile: expected true/false or a string"):
+        load_config("synthetic", ["train.jit_compile=null"])
 
 
 def test_compiled_networks_take_xla_from_the_cpu(tiny_cfg, caplog, monkeypatch):
