@@ -269,6 +269,11 @@ class TrainConfig:
     # Intel Xeon with AMX: 36.4 s/step with XLA, 6.9 s without; README, "XLA on a CPU with AMX"). Keras'
     # own "auto" leaves XLA off on every CPU.
     jit_compile: bool | str = "auto"
+    # TensorFlow's op determinism: true | false | auto. auto (mcof_tf.precision.choose_determinism): on
+    # when training on the CPU, where the gradient of RegionNet's RoI pooling (crop_and_resize) is
+    # otherwise summed by threads racing on the same pixels (a RegionNet trained twice on the same inputs
+    # differed); off on GPUs, which have no deterministic kernel for it. Once on, it stays on in the process.
+    deterministic: bool | str = "auto"
     # tf.distribute devices; empty: every local GPU, or the CPU when there is none
     devices: list[str] = field(default_factory=list)
     steps_per_epoch: int = 0  # 0: one pass over the training records per epoch
@@ -504,8 +509,10 @@ def _validate(cfg: Config) -> Config:
             check_scales(scales, key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if isinstance(cfg.train.jit_compile, str) and cfg.train.jit_compile != "auto":
-        raise ConfigError(f"train.jit_compile: expected true, false or auto, got {cfg.train.jit_compile!r}")
+    for key in ("jit_compile", "deterministic"):
+        value = getattr(cfg.train, key)
+        if isinstance(value, str) and value != "auto":
+            raise ConfigError(f"train.{key}: expected true, false or auto, got {value!r}")
     if not 0.0 <= cfg.labels.min_confidence < 1.0:
         raise ConfigError(
             f"labels.min_confidence: expected a number in [0, 1), got {cfg.labels.min_confidence!r}"

@@ -117,6 +117,46 @@ def resolve_jit(setting: bool | str, policy: str, devices: Sequence[str] = ()) -
     return choose_jit(setting, policy, bool(gpu_capabilities(devices)), cpu_flags())
 
 
+def choose_determinism(setting: bool | str, on_gpus: bool) -> tuple[bool, str]:
+    """(Run TensorFlow's ops deterministically?, why) for `train.deterministic`. On the CPU, the
+    gradient of `tf.image.crop_and_resize` (RegionNet's RoI pooling) shards the boxes over threads that
+    add into the same feature-map pixels unsynchronised, so a RegionNet trained twice on the same
+    inputs ended with different weights (2 threads, 3 steps: max |difference| 0.04; the run's
+    RegionNet_1 61.41 in the loop, retrained alone on the same seeds: another network); op determinism
+    runs that gradient on one thread, as fast here. TensorFlow has no deterministic GPU kernel for it
+    (the op raises), so `auto` leaves GPUs alone."""
+    if setting is True or setting is False:
+        return setting, "set in the config"
+    if setting != "auto":
+        raise ValueError(f"train.deterministic must be true, false or auto, not {setting!r}")
+    if on_gpus:
+        return False, "training on GPUs, where RegionNet's RoI pooling has no deterministic gradient"
+    return True, "on the CPU: RegionNet's RoI pooling gradient is otherwise summed by racing threads"
+
+
+def resolve_determinism(setting: bool | str, devices: Sequence[str] = ()) -> tuple[bool, str]:
+    """`choose_determinism` for this machine."""
+    if setting != "auto":
+        return choose_determinism(setting, False)
+    return choose_determinism(setting, bool(gpu_capabilities(devices)))
+
+
+_determinism_enabled = False
+
+
+def apply_determinism(on: bool) -> bool:
+    """Turn TensorFlow's op determinism on (process-wide: TensorFlow has no public way to turn it off
+    again); returns whether it is on now. The random ops it then requires seeds of are seeded
+    (keras.utils.set_random_seed, stateless tf.data)."""
+    global _determinism_enabled
+    if on and not _determinism_enabled:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        _determinism_enabled = True
+    return _determinism_enabled
+
+
 @contextlib.contextmanager
 def dtype_policy(name: str):
     """Build models under Keras dtype policy `name`, then restore the previous global policy: a model

@@ -448,6 +448,12 @@ def train(
     # TF combines the pipeline's op seeds with the global seed: set it first, so that a stage trained
     # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
     keras.utils.set_random_seed(cfg.experiment.seed)
+    wanted, why = precision.resolve_determinism(cfg.train.deterministic, cfg.train.devices)
+    deterministic = precision.apply_determinism(wanted)
+    if deterministic == wanted:
+        log.info(f"train {network}: op determinism {'on' if wanted else 'off'} ({why})")
+    else:
+        log.info(f"train {network}: op determinism on (an earlier stage of this process turned it on)")
     backup = os.path.join(out_dir, "backup")
     inputs = training_inputs(network, records, cfg, num_classes, init_from, backbone_from)
     recorded = read_json(os.path.join(out_dir, INPUTS_FILE))
@@ -513,6 +519,7 @@ def train(
             "backbone_from": backbone_from,
             "dtype_policy": model.dtype_policy.name,
             "jit_compile": bool(model.jit_compile),
+            "deterministic": deterministic,
             # what relabelling with labels.prior_correction needs (the classes' shares it learned from)
             "label_shares": None if network == "cam" else label_shares(network, records, cfg, num_classes),
             "class_balance": cfg.train.class_balance,
@@ -591,8 +598,8 @@ def save_model(model: keras.Model, path: str) -> None:
 INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it starts
 # train.* keys that say how a stage runs, not what it learns from: they may change between a run and
 # its resumption (another machine), and a finished stage is not redone for them. Its actual dtype
-# policy and XLA use are in its train.json.
-EXECUTION_KEYS = ("devices", "mixed_precision", "jit_compile", "backup_seconds")
+# policy, XLA use and op determinism are in its train.json.
+EXECUTION_KEYS = ("devices", "mixed_precision", "jit_compile", "deterministic", "backup_seconds")
 # a stage's keys that only a warm-started network uses; 0 means "as the cold start" (StageConfig)
 WARM_KEYS = ("warm_epochs", "warm_learning_rate")
 
