@@ -307,19 +307,20 @@ def test_a_shorter_rerun_reports_and_exports_its_own_last_iteration(
 
 
 def test_a_trained_stage_is_not_redone_for_how_it_ran(tmp_path):
-    """The dtype policy, XLA and devices are execution keys: a stage trained under another one (or
-    recorded before mixed_precision took a policy name, or under jit_compile true) is reused, and so is
-    one trained from scratch when only warm_epochs or warm_learning_rate changed; a change of what it
-    learns from is not."""
+    """The dtype policy, XLA, op determinism and devices are execution keys: a stage trained under
+    another one (or recorded before mixed_precision took a policy name, or under jit_compile true, or
+    without op determinism) is reused, and so is one trained from scratch when only warm_epochs or
+    warm_learning_rate changed; a change of what it learns from is not."""
     from mcof_tf import training
 
     cfg = load_config("synthetic")
     records = str(tmp_path / "*.tfrecord")
     now = training.training_inputs("pixelnet", records, cfg, 7)
-    assert not {"mixed_precision", "devices", "jit_compile"} & set(now["config"]["train"])
+    assert not {"mixed_precision", "devices", "jit_compile", "deterministic"} & set(now["config"]["train"])
     before = json.loads(json.dumps(now))
     before["config"]["train"]["mixed_precision"] = False  # an inputs record of an older mcof_tf
     before["config"]["train"]["jit_compile"] = True
+    before["config"]["train"]["deterministic"] = False
     (tmp_path / "train.json").write_text(json.dumps({"inputs": before}))
     assert training.stale_reason(str(tmp_path), now) is None
     assert training.inputs_difference(before, now) is None  # a killed stage's backup is kept alike

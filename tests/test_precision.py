@@ -1,6 +1,8 @@
 """Mixed precision chosen by the hardware: the selection rule, per-stage policies, every training path
 under each policy this CPU can run, and the export of a bf16-trained PixelNet (float32 outputs)."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -54,6 +56,75 @@ def test_unknown_policies_are_refused():
 def test_xla_follows_the_hardware(setting, policy, on_gpus, flags, want):
     jit, why = precision.choose_jit(setting, policy, on_gpus, flags)
     assert jit is want and why
+
+
+@pytest.mark.parametrize(
+    "setting, on_gpus, want",
+    [
+        ("auto", False, True),  # the CPU: RegionNet's RoI pooling gradient races without it
+        ("auto", True, False),  # GPUs: TensorFlow has no deterministic kernel for that gradient
+        (True, True, True),  # an explicit setting wins
+        (False, False, False),
+    ],
+)
+def test_op_determinism_follows_the_hardware(setting, on_gpus, want):
+    on, why = precision.choose_determinism(setting, on_gpus)
+    assert on is want and why
+
+
+def test_deterministic_takes_true_false_or_auto():
+    assert load_config("synthetic").train.deterministic == "auto"
+    assert load_config("voc2012_vgg16").train.deterministic == "auto"
+    assert load_config("synthetic", ["train.deterministic=false"]).train.deterministic is False
+    with pytest.raises(ConfigError, match="train.deterministic"):
+        load_config("synthetic", ["train.deterministic=sometimes"])
+    with pytest.raises(ValueError, match="deterministic"):
+        precision.choose_determinism("yes", False)
+
+
+_ROI_GRADIENT = """
+import os, sys
+import numpy as np
+from mcof_tf import precision
+import tensorflow as tf
+
+rng = np.random.default_rng(0)
+n = 1500  # overlapping boxes on 16 feature maps: many add into the same pixels
+y, x = rng.uniform(0, 0.9, n), rng.uniform(0, 0.9, n)
+boxes = tf.constant(np.stack([y, x, y + 0.1, x + 0.1], 1), tf.float32)
+index = tf.constant(rng.integers(0, 16, n), tf.int32)
+grads = tf.constant(rng.normal(size=(n, 8, 8, 64)), tf.float32)
+
+
+def gradient():  # what RegionNet's RoI pooling (crop_and_resize) sends back into the feature map
+    return tf.raw_ops.CropAndResizeGradImage(
+        grads=grads, boxes=boxes, box_ind=index, image_size=[16, 14, 14, 64], T=tf.float32
+    ).numpy()
+
+
+if sys.argv[1] == "on":
+    precision.apply_determinism(True)
+first = gradient()
+print("same" if all(np.array_equal(first, gradient()) for _ in range(5)) else "differs")
+"""
+
+
+def test_op_determinism_makes_the_roi_pooling_gradient_exact_on_several_threads(tmp_path):
+    """TensorFlow's CPU kernel shards the boxes over its threads, which add into shared pixels without
+    synchronisation; with `apply_determinism` (what `train.deterministic: auto` does on the CPU) one
+    thread sums them, so five runs agree to the bit. 4 threads in a child process: the suite's own
+    workers run one thread each, where the race cannot happen."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "roi_gradient.py"
+    script.write_text(_ROI_GRADIENT)
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "4"}
+    run = subprocess.run(
+        [sys.executable, str(script), "on"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "same"
 
 
 def test_jit_compile_takes_true_false_or_auto():
@@ -126,6 +197,7 @@ def test_every_network_trains_under_each_policy(network, policy, labelled_record
     assert np.isfinite(model.history.history["loss"]).all()
     assert training.read_json(str(tmp_path / "train.json"))["dtype_policy"] == policy
     assert training.read_json(str(tmp_path / "train.json"))["jit_compile"] is bool(model.jit_compile)
+    assert training.read_json(str(tmp_path / "train.json"))["deterministic"] is True  # auto, on the CPU
     reloaded = training.load_model(str(tmp_path / training.MODEL_FILE))
     # the saved layers keep their policy (the backbone's convolutions; the classifier is float32)
     convs = [l for l in training.all_layers(reloaded) if isinstance(l, keras.layers.Conv2D)]
