@@ -269,10 +269,11 @@ class TrainConfig:
     # Intel Xeon with AMX: 36.4 s/step with XLA, 6.9 s without; README, "XLA on a CPU with AMX"). Keras'
     # own "auto" leaves XLA off on every CPU.
     jit_compile: bool | str = "auto"
-    # TensorFlow's op determinism: true | false | auto. auto (mcof_tf.precision.choose_determinism): on
-    # when training on the CPU, where the gradient of RegionNet's RoI pooling (crop_and_resize) is
-    # otherwise summed by threads racing on the same pixels (a RegionNet trained twice on the same inputs
-    # differed); off on GPUs, which have no deterministic kernel for it. Once on, it stays on in the process.
+    # TensorFlow's op determinism while a network trains: true | false | auto. auto
+    # (mcof_tf.precision.choose_determinism): on for RegionNet on the CPU, where the gradient of its RoI
+    # pooling (crop_and_resize) is otherwise summed by threads racing on the same pixels (a RegionNet
+    # trained twice on the same inputs differed); off for CAM and PixelNet (no such op; Keras turns XLA
+    # off under op determinism) and on GPUs, which have no deterministic kernel for it.
     deterministic: bool | str = "auto"
     # tf.distribute devices; empty: every local GPU, or the CPU when there is none
     devices: list[str] = field(default_factory=list)

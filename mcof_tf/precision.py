@@ -117,44 +117,60 @@ def resolve_jit(setting: bool | str, policy: str, devices: Sequence[str] = ()) -
     return choose_jit(setting, policy, bool(gpu_capabilities(devices)), cpu_flags())
 
 
-def choose_determinism(setting: bool | str, on_gpus: bool) -> tuple[bool, str]:
-    """(Run TensorFlow's ops deterministically?, why) for `train.deterministic`. On the CPU, the
-    gradient of `tf.image.crop_and_resize` (RegionNet's RoI pooling) shards the boxes over threads that
-    add into the same feature-map pixels unsynchronised, so a RegionNet trained twice on the same
-    inputs ended with different weights (2 threads, 3 steps: max |difference| 0.04; the run's
-    RegionNet_1 61.41 in the loop, retrained alone on the same seeds: another network); op determinism
-    runs that gradient on one thread, as fast here. TensorFlow has no deterministic GPU kernel for it
-    (the op raises), so `auto` leaves GPUs alone."""
+def choose_determinism(setting: bool | str, on_gpus: bool, racy_on_cpu: bool) -> tuple[bool, str]:
+    """(Run TensorFlow's ops deterministically while this network trains?, why) for
+    `train.deterministic`. On the CPU, the gradient of `tf.image.crop_and_resize` (RegionNet's RoI
+    pooling: `racy_on_cpu`) shards the boxes over threads that add into the same feature-map pixels
+    unsynchronised, so a RegionNet trained twice on the same inputs ended with different weights (2
+    threads, 3 steps: max |difference| 0.04); under op determinism that gradient runs on one thread, as
+    fast here. CAM and PixelNet have no such op (bit-identical without it), and Keras turns XLA off under
+    op determinism, so `auto` leaves them alone; and GPUs, which have no deterministic kernel for that
+    gradient (the op raises)."""
     if setting is True or setting is False:
         return setting, "set in the config"
     if setting != "auto":
         raise ValueError(f"train.deterministic must be true, false or auto, not {setting!r}")
     if on_gpus:
         return False, "training on GPUs, where RegionNet's RoI pooling has no deterministic gradient"
-    return True, "on the CPU: RegionNet's RoI pooling gradient is otherwise summed by racing threads"
+    if not racy_on_cpu:
+        return False, "none of the network's CPU gradients needs it"
+    return True, "on the CPU, the RoI pooling gradient is otherwise summed by racing threads"
 
 
-def resolve_determinism(setting: bool | str, devices: Sequence[str] = ()) -> tuple[bool, str]:
+def resolve_determinism(
+    setting: bool | str, racy_on_cpu: bool, devices: Sequence[str] = ()
+) -> tuple[bool, str]:
     """`choose_determinism` for this machine."""
-    if setting != "auto":
-        return choose_determinism(setting, False)
-    return choose_determinism(setting, bool(gpu_capabilities(devices)))
+    if setting != "auto" or not racy_on_cpu:
+        return choose_determinism(setting, False, racy_on_cpu)
+    return choose_determinism(setting, bool(gpu_capabilities(devices)), racy_on_cpu)
 
 
-_determinism_enabled = False
+def determinism_enabled() -> bool:
+    """Whether TensorFlow's op determinism is on now."""
+    from tensorflow.python.framework import config as tf_config
+
+    return tf_config.is_op_determinism_enabled()
 
 
-def apply_determinism(on: bool) -> bool:
-    """Turn TensorFlow's op determinism on (process-wide: TensorFlow has no public way to turn it off
-    again); returns whether it is on now. The random ops it then requires seeds of are seeded
-    (keras.utils.set_random_seed, stateless tf.data)."""
-    global _determinism_enabled
-    if on and not _determinism_enabled:
-        import tensorflow as tf
+@contextlib.contextmanager
+def op_determinism(on: bool):
+    """TensorFlow's op determinism on inside the block when `on`, and as it was after it: it is
+    process-wide, and Keras turns XLA off for every model compiled under it, so the stage that needs it
+    must not hand it to the next."""
+    import tensorflow as tf
 
+    # enable_op_determinism's counterparts are not public (Keras reads the same function)
+    from tensorflow.python.framework import config as tf_config
+
+    turned_on = on and not tf_config.is_op_determinism_enabled()
+    if turned_on:
         tf.config.experimental.enable_op_determinism()
-        _determinism_enabled = True
-    return _determinism_enabled
+    try:
+        yield
+    finally:
+        if turned_on:
+            tf_config.disable_op_determinism()
 
 
 @contextlib.contextmanager

@@ -85,6 +85,9 @@ class Network:
     classifier: str  # layer with the 10x / 20x learning rate
     batch: Callable[..., tuple]  # (pipeline batch dict, num_classes, cfg) → (inputs, targets)
     maps: tuple[str, ...]  # the records' per-pixel maps `batch` reads (the others are not decoded)
+    # its gradient has an op whose CPU kernel sums with racing threads (RegionNet's RoI pooling,
+    # crop_and_resize): train.deterministic `auto` runs it under TensorFlow's op determinism
+    racy_on_cpu: bool = False
 
 
 def _backbone(cfg: Config) -> dict:
@@ -168,6 +171,7 @@ NETWORKS = {
         REGION_CLASSIFIER,
         _regionnet_batch,
         ("image", "superpixels", "labels"),
+        racy_on_cpu=True,
     ),
     "pixelnet": Network(
         "pixelnet",
@@ -319,10 +323,12 @@ def compiled_network(
         jit, why = precision.resolve_jit(cfg.train.jit_compile, policy, cfg.train.devices)
         if jit and not all(layer.supports_jit for layer in all_layers(model)):
             jit, why = False, "a layer of the network does not support it"
-        log.info(f"train {network}: XLA {'on' if jit else 'off'} ({why})")
         model.compile(
             optimizer=optimizer, loss=net.loss(cfg), metrics=net.metrics(num_classes), jit_compile=jit
         )
+        if jit and not model.jit_compile:
+            why = "Keras turns it off under TensorFlow's op determinism (train.deterministic)"
+        log.info(f"train {network}: XLA {'on' if model.jit_compile else 'off'} ({why})")
         # The optimizer's slots made now: a tf.function whose first trace creates variables is traced
         # a second time, which doubled every training stage's start-up (Keras builds them first only
         # under a non-default strategy).
@@ -410,7 +416,19 @@ class ImagePreviews(keras.callbacks.Callback):
         return np.concatenate([image, palette[b["labels"][0].numpy()], out.astype(np.uint8)], axis=1)
 
 
-def train(
+def train(network: NetworkName, records: str, out_dir: str, cfg: Config, num_classes: int, **options):
+    """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records` (see
+    `_train` for `options`), under TensorFlow's op determinism where `train.deterministic` asks for it
+    (`auto`: RegionNet on the CPU), which is lifted again after the stage."""
+    on, why = precision.resolve_determinism(
+        cfg.train.deterministic, NETWORKS[network].racy_on_cpu, cfg.train.devices
+    )
+    log.info(f"train {network}: op determinism {'on' if on else 'off'} ({why})")
+    with precision.op_determinism(on):
+        return _train(network, records, out_dir, cfg, num_classes, **options)
+
+
+def _train(
     network: NetworkName,
     records: str,
     out_dir: str,
@@ -425,7 +443,7 @@ def train(
     backbone_from: Optional[str] = None,
     verbose=None,
 ) -> keras.Model:
-    """Train `network` ("cam" | "regionnet" | "pixelnet") on the TFRecords matching `records`.
+    """The stage `train` runs (`options`: its keywords below).
 
     Resumes from `out_dir/backup` when a previous run was killed; returns the trained model, also
     saved as `out_dir/model.keras`. Labels come from the records' current labels (the stage before).
@@ -448,12 +466,6 @@ def train(
     # TF combines the pipeline's op seeds with the global seed: set it first, so that a stage trained
     # first in a fresh process (a resumed run) draws the same data as one trained later in a long run
     keras.utils.set_random_seed(cfg.experiment.seed)
-    wanted, why = precision.resolve_determinism(cfg.train.deterministic, cfg.train.devices)
-    deterministic = precision.apply_determinism(wanted)
-    if deterministic == wanted:
-        log.info(f"train {network}: op determinism {'on' if wanted else 'off'} ({why})")
-    else:
-        log.info(f"train {network}: op determinism on (an earlier stage of this process turned it on)")
     backup = os.path.join(out_dir, "backup")
     inputs = training_inputs(network, records, cfg, num_classes, init_from, backbone_from)
     recorded = read_json(os.path.join(out_dir, INPUTS_FILE))
@@ -519,7 +531,7 @@ def train(
             "backbone_from": backbone_from,
             "dtype_policy": model.dtype_policy.name,
             "jit_compile": bool(model.jit_compile),
-            "deterministic": deterministic,
+            "deterministic": precision.determinism_enabled(),
             # what relabelling with labels.prior_correction needs (the classes' shares it learned from)
             "label_shares": None if network == "cam" else label_shares(network, records, cfg, num_classes),
             "class_balance": cfg.train.class_balance,
