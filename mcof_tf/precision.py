@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ def choose_policy(
 AMX_CPU_FLAGS = ("amx_tile", "amx_bf16")
 
 
+def _set_in_config(setting: bool | str, key: str) -> Optional[tuple[bool, str]]:
+    """A `train.<key>` of true / false as (it, why); None for auto; anything else refused."""
+    if setting is True or setting is False:
+        return setting, "set in the config"
+    if setting != "auto":
+        raise ValueError(f"train.{key} must be true, false or auto, not {setting!r}")
+    return None
+
+
 def choose_jit(
     setting: bool | str, policy: str, on_gpus: bool, cpu_flags: Iterable[str] = ()
 ) -> tuple[bool, str]:
@@ -59,10 +69,9 @@ def choose_jit(
     full-width VGG16 at crop 112: bf16 3.5-3.7 s against 0.7-0.8 s, float32 3.5 s against 1.5-1.7 s). On
     AMD EPYCs without AMX XLA won under float32 (0.67 against 0.41 of the matmul ceiling) and ran bf16 as
     fast as float32 (21.1 vs 21.5 s), so it stays on there (`policy` is logged, not used)."""
-    if setting is True or setting is False:
-        return setting, "set in the config"
-    if setting != "auto":
-        raise ValueError(f"train.jit_compile must be true, false or auto, not {setting!r}")
+    explicit = _set_in_config(setting, "jit_compile")
+    if explicit:
+        return explicit
     if on_gpus:
         return True, "training on GPUs"
     amx = sorted(set(cpu_flags) & set(AMX_CPU_FLAGS))
@@ -126,10 +135,9 @@ def choose_determinism(setting: bool | str, on_gpus: bool, racy_on_cpu: bool) ->
     fast here. CAM and PixelNet have no such op (bit-identical without it), and Keras turns XLA off under
     op determinism, so `auto` leaves them alone; and GPUs, which have no deterministic kernel for that
     gradient (the op raises)."""
-    if setting is True or setting is False:
-        return setting, "set in the config"
-    if setting != "auto":
-        raise ValueError(f"train.deterministic must be true, false or auto, not {setting!r}")
+    explicit = _set_in_config(setting, "deterministic")
+    if explicit:
+        return explicit
     if on_gpus:
         return False, "training on GPUs, where RegionNet's RoI pooling has no deterministic gradient"
     if not racy_on_cpu:

@@ -173,7 +173,7 @@ def test_xla_is_reported_off_where_op_determinism_turns_it_off(tiny_cfg, caplog)
     caplog.set_level(logging.INFO)
     tiny_cfg.train.jit_compile = True
     strategy = training.make_strategy(["/cpu:0"])
-    with precision.op_determinism(True):
+    with precision.op_determinism(True), pytest.warns(UserWarning, match="jit_compile"):
         assert training.compiled_network("pixelnet", tiny_cfg, 4, 10, strategy).jit_compile is False
     assert "train pixelnet: XLA off (Keras turns it off under TensorFlow's op determinism" in caplog.text
     assert training.compiled_network("pixelnet", tiny_cfg, 4, 10, strategy).jit_compile is True
