@@ -168,10 +168,10 @@ def op_determinism(on: bool):
     must not hand it to the next."""
     import tensorflow as tf
 
-    # enable_op_determinism's counterparts are not public (Keras reads the same function)
+    # enable_op_determinism's counterparts are not public (Keras reads the same module)
     from tensorflow.python.framework import config as tf_config
 
-    turned_on = on and not tf_config.is_op_determinism_enabled()
+    turned_on = on and not determinism_enabled()
     if turned_on:
         tf.config.experimental.enable_op_determinism()
     try:
