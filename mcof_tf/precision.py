@@ -149,7 +149,7 @@ def resolve_determinism(
     setting: bool | str, racy_on_cpu: bool, devices: Sequence[str] = ()
 ) -> tuple[bool, str]:
     """`choose_determinism` for this machine."""
-    if setting != "auto" or not racy_on_cpu:
+    if setting != "auto":
         return choose_determinism(setting, False, racy_on_cpu)
     return choose_determinism(setting, bool(gpu_capabilities(devices)), racy_on_cpu)
 
