@@ -329,7 +329,7 @@ def summarize_method(reports: dict) -> dict:
         ]
         return max(vals, key=lambda r: r["iteration"]) if vals else None
 
-    out = {"rows": rows, "differences": []}
+    out = {"rows": rows, "differences": [], "table3": table3_steps(table)}
     mcof, full = final_val("mcof"), final_val("fully_supervised")
     if mcof and full and full["miou"] > 0:
         out["ratio_to_fully_supervised"] = mcof["miou"] / full["miou"]
@@ -348,9 +348,46 @@ def summarize_method(reports: dict) -> dict:
                             "mcof_minus_variant": mean,
                             "std": std,
                             "seeds": n,
+                            "holds": mean > 0 and mean > std,  # Table 4 / Fig. 8's sign, beyond its spread
                         }
                     )
     return out
+
+
+def table3_steps(table: dict) -> list:
+    """The paper's Table 3 as steps of MCOF's train mIoU: seeds → RegionNet₁ → refined₁ → PixelNet₁, then
+    PixelNet₁ → the last PixelNet (which should gain at least 3). Each step is the mean ± std over seeds of
+    the per-seed difference (paired: the seed's own run), and holds when it reaches its minimum and
+    exceeds its std. `table`: {(variant, iteration, stage, split): {"miou": {seed: value}}}."""
+    runs = {
+        (it, stage): m["miou"]
+        for (v, it, stage, split), m in table.items()
+        if v == "mcof" and split == "train"
+    }
+    last = max((it for it, stage in runs if stage == "pixelnet"), default=None)
+    chain = [(0, "seeds", 0.0), (1, "regionnet", 0.0), (1, "refined", 0.0), (1, "pixelnet", 0.0)]
+    if last is not None and last > 1:
+        chain.append((last, "pixelnet", 3.0))
+    nodes = [(it, stage, minimum) for it, stage, minimum in chain if (it, stage) in runs]
+    steps = []
+    for (it0, stage0, _), (it1, stage1, minimum) in zip(nodes, nodes[1:]):
+        a, b = runs[(it0, stage0)], runs[(it1, stage1)]
+        common = sorted(set(a) & set(b))
+        if not common:
+            continue
+        mean, std, n = _mean_std([b[s] - a[s] for s in common])
+        steps.append(
+            {
+                "from": f"{stage0} {it0}",
+                "to": f"{stage1} {it1}",
+                "step": mean,
+                "std": std,
+                "seeds": n,
+                "minimum": minimum,
+                "holds": mean >= minimum and mean > std,
+            }
+        )
+    return steps
 
 
 def method_figure(summary: dict, path: str) -> None:
@@ -485,10 +522,16 @@ def bench_method(args) -> None:
         )
     if "ratio_to_fully_supervised" in summary:
         print(f"final val / fully supervised: {summary['ratio_to_fully_supervised']:.3f}")
+    for t in summary["table3"]:
+        print(
+            f"Table 3 step {t['from']} → {t['to']} (train, paired per seed): {t['step']:+.2f} ± {t['std']:.2f} "
+            f"over {t['seeds']} seeds (needs ≥ {t['minimum']:g} and above its std): "
+            f"{'holds' if t['holds'] else 'fails'}"
+        )
     for d in summary["differences"]:
         print(
             f"mcof - {d['variant']} (val, iteration {d['iteration']}): {d['mcof_minus_variant']:+.2f} ± "
-            f"{d['std']:.2f} over {d['seeds']} seeds"
+            f"{d['std']:.2f} over {d['seeds']} seeds: {'holds' if d['holds'] else 'fails'} (positive beyond its std)"
         )
     if failed:  # the summary above leaves them out
         raise SystemExit(

@@ -42,7 +42,7 @@ def test_summary_means_stds_ratio_and_differences():
     assert abs(s["ratio_to_fully_supervised"] - 52.0 / 62.0) < 1e-9
     (d,) = s["differences"]
     assert d["variant"] == "no_saliency" and d["iteration"] == 2
-    assert d["mcof_minus_variant"] == 3.5 and abs(d["std"] - np.std([3, 4], ddof=1)) < 1e-9
+    assert d["mcof_minus_variant"] == 3.5 and abs(d["std"] - np.std([3, 4], ddof=1)) < 1e-9 and d["holds"]
     # mcof rows first, then the ablations, then the ceiling; stages in pipeline order
     assert [r["variant"] for r in s["rows"]][0] == "mcof" and s["rows"][-1]["variant"] == "fully_supervised"
     assert [(r["iteration"], r["stage"]) for r in s["rows"] if r["variant"] == "mcof"] == [
@@ -61,6 +61,48 @@ def test_summary_means_stds_ratio_and_differences():
         }
     )
     assert [r["stage"] for r in three["rows"]] == ["regionnet", "refined", "pixelnet"]
+
+
+def test_table_3_steps_are_paired_per_seed_and_judged_against_their_std():
+    def run(seeds, regionnet, refined, pixelnet1, pixelnet3):
+        train = [(0, "seeds", seeds), (1, "regionnet", regionnet), (1, "refined", refined)]
+        train += [(1, "pixelnet", pixelnet1), (3, "pixelnet", pixelnet3)]
+        rows = [{"iteration": i, "stage": st, "split": "train", "miou": m} for i, st, m in train]
+        return {"stages": rows + [{"iteration": 3, "stage": "pixelnet", "split": "val", "miou": 0.0}]}
+
+    # seed 1 is 10 points above seed 0 everywhere: paired steps do not see it (unpaired stds of 7 would)
+    s = summarize_method(
+        {
+            ("mcof", 0): run(20.0, 60.0, 70.0, 69.0, 74.0),
+            ("mcof", 1): run(30.0, 70.0, 81.0, 80.0, 82.0),
+            ("no_saliency", 0): run(20.0, 60.0, 70.0, 69.0, 74.0),  # not MCOF's chain
+        }
+    )
+    steps = {(t["from"], t["to"]): t for t in s["table3"]}
+    assert list(steps) == [
+        ("seeds 0", "regionnet 1"),
+        ("regionnet 1", "refined 1"),
+        ("refined 1", "pixelnet 1"),
+        ("pixelnet 1", "pixelnet 3"),
+    ]
+    assert (
+        steps[("seeds 0", "regionnet 1")]["step"] == 40.0 and steps[("seeds 0", "regionnet 1")]["std"] == 0.0
+    )
+    assert steps[("seeds 0", "regionnet 1")]["holds"]
+    refine = steps[("regionnet 1", "refined 1")]  # +10, +11
+    assert refine["step"] == 10.5 and abs(refine["std"] - np.std([10, 11], ddof=1)) < 1e-9 and refine["holds"]
+    assert not steps[("refined 1", "pixelnet 1")]["holds"]  # -1 on both seeds
+    last = steps[("pixelnet 1", "pixelnet 3")]  # +5, +2: mean 3.5 reaches the 3 points, std 2.1 below it
+    assert last["minimum"] == 3.0 and last["step"] == 3.5 and last["holds"] and last["seeds"] == 2
+    noisy = summarize_method(
+        {("mcof", 0): run(20.0, 60.0, 70.0, 69.0, 80.0), ("mcof", 1): run(30.0, 70.0, 81.0, 80.0, 80.0)}
+    )
+    assert not noisy["table3"][-1]["holds"]  # +11 and 0: mean 5.5 ≥ 3, but std 7.8 above it
+    # without refinement (the no-saliency chain) RegionNet₁ leads straight to PixelNet₁
+    bare = summarize_method(
+        {("mcof", 0): {"stages": [r for r in run(20, 60, 70, 69, 74)["stages"] if r["stage"] != "refined"]}}
+    )
+    assert [(t["from"], t["to"]) for t in bare["table3"]][1] == ("regionnet 1", "pixelnet 1")
 
 
 def test_unknown_variant_is_refused():
