@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 
@@ -337,21 +338,30 @@ def summarize_method(reports: dict) -> dict:
         base = table[("mcof", mcof["iteration"], "pixelnet", "val")]["miou"]
         for variant in METHOD_VARIANTS[1:3]:
             key = (variant, mcof["iteration"], "pixelnet", "val")
-            if key in table:
-                common_seeds = sorted(set(base) & set(table[key]["miou"]))
-                if common_seeds:
-                    mean, std, n = _mean_std([base[s] - table[key]["miou"][s] for s in common_seeds])
-                    out["differences"].append(
-                        {
-                            "variant": variant,
-                            "iteration": mcof["iteration"],
-                            "mcof_minus_variant": mean,
-                            "std": std,
-                            "seeds": n,
-                            "holds": mean > 0 and mean > std,  # Table 4 / Fig. 8's sign, beyond its spread
-                        }
-                    )
+            step = _paired_step(table[key]["miou"], base) if key in table else None
+            if step:  # Table 4 / Fig. 8's sign, beyond its spread
+                mean, std, n, holds = step
+                out["differences"].append(
+                    {
+                        "variant": variant,
+                        "iteration": mcof["iteration"],
+                        "mcof_minus_variant": mean,
+                        "std": std,
+                        "seeds": n,
+                        "holds": holds,
+                    }
+                )
     return out
+
+
+def _paired_step(before: dict, after: dict, minimum: float = 0.0) -> Optional[tuple[float, float, int, bool]]:
+    """{seed: value} before and after → (mean, std, seeds, holds) of each seed's own difference over the
+    seeds both have (None when they share none); it holds when the mean reaches `minimum` and exceeds its std."""
+    common = sorted(set(before) & set(after))
+    if not common:
+        return None
+    mean, std, n = _mean_std([after[s] - before[s] for s in common])
+    return mean, std, n, mean >= minimum and mean > std
 
 
 def table3_steps(table: dict) -> list:
@@ -371,22 +381,20 @@ def table3_steps(table: dict) -> list:
     nodes = [(it, stage, minimum) for it, stage, minimum in chain if (it, stage) in runs]
     steps = []
     for (it0, stage0, _), (it1, stage1, minimum) in zip(nodes, nodes[1:]):
-        a, b = runs[(it0, stage0)], runs[(it1, stage1)]
-        common = sorted(set(a) & set(b))
-        if not common:
-            continue
-        mean, std, n = _mean_std([b[s] - a[s] for s in common])
-        steps.append(
-            {
-                "from": f"{stage0} {it0}",
-                "to": f"{stage1} {it1}",
-                "step": mean,
-                "std": std,
-                "seeds": n,
-                "minimum": minimum,
-                "holds": mean >= minimum and mean > std,
-            }
-        )
+        step = _paired_step(runs[(it0, stage0)], runs[(it1, stage1)], minimum)
+        if step:
+            mean, std, n, holds = step
+            steps.append(
+                {
+                    "from": f"{stage0} {it0}",
+                    "to": f"{stage1} {it1}",
+                    "step": mean,
+                    "std": std,
+                    "seeds": n,
+                    "minimum": minimum,
+                    "holds": holds,
+                }
+            )
     return steps
 
 
