@@ -105,6 +105,37 @@ def test_table_3_steps_are_paired_per_seed_and_judged_against_their_std():
     assert [(t["from"], t["to"]) for t in bare["table3"]][1] == ("regionnet 1", "pixelnet 1")
 
 
+def test_table_3_read_as_what_each_stage_hands_on():
+    # RegionNet's regions after the CRF and PixelNet's CRF masks stand in for the raw networks where the
+    # runs have them; the raw chain is unchanged beside it
+    train = [(0, "seeds", 20.0), (1, "regionnet", 50.0), (1, "regionnet_crf", 62.0), (1, "refined", 60.0)]
+    train += [
+        (1, "pixelnet", 58.0),
+        (1, "pixelnet_crf", 70.0),
+        (2, "pixelnet", 66.0),
+        (2, "pixelnet_crf", 72.0),
+    ]
+    rows = [{"iteration": i, "stage": st, "split": "train", "miou": m} for i, st, m in train]
+    s = summarize_method({("mcof", 0): {"stages": rows}})
+    raw = [(t["from"], t["to"], t["step"]) for t in s["table3"]]
+    assert raw == [
+        ("seeds 0", "regionnet 1", 30.0),
+        ("regionnet 1", "refined 1", 10.0),
+        ("refined 1", "pixelnet 1", -2.0),
+        ("pixelnet 1", "pixelnet 2", 8.0),
+    ]
+    on = [(t["from"], t["to"], t["step"], t["holds"]) for t in s["table3_handed_on"]]
+    assert on == [
+        ("seeds 0", "regionnet_crf 1", 42.0, True),
+        ("regionnet_crf 1", "refined 1", -2.0, False),
+        ("refined 1", "pixelnet_crf 1", 10.0, True),
+        ("pixelnet_crf 1", "pixelnet_crf 2", 2.0, False),  # below the last step's 3 points
+    ]
+    # a config without the CRFs hands on the raw output: the two readings are the same
+    bare = summarize_method({("mcof", 0): {"stages": [r for r in rows if not r["stage"].endswith("_crf")]}})
+    assert bare["table3_handed_on"] == bare["table3"]
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(SystemExit, match="unknown variant"):
         main(["method", "--variants", "mcof,bogus", "--seeds", "0"])
