@@ -390,10 +390,8 @@ def table3_steps(table: dict, handed_on: bool = False) -> list:
     chain = [(0, "seeds", 0.0), (1, "regionnet", 0.0), (1, "refined", 0.0), (1, "pixelnet", 0.0)]
     if last is not None and last > 1:
         chain.append((last, "pixelnet", 3.0))
-    if handed_on:
-        chain = [
-            (it, HANDED_ON.get(st, st) if (it, HANDED_ON.get(st)) in runs else st, m) for it, st, m in chain
-        ]
+    if handed_on:  # a network's refined row where the runs have one, else its raw row
+        chain = [(it, HANDED_ON[st] if (it, HANDED_ON.get(st)) in runs else st, m) for it, st, m in chain]
     nodes = [(it, stage, minimum) for it, stage, minimum in chain if (it, stage) in runs]
     steps = []
     for (it0, stage0, _), (it1, stage1, minimum) in zip(nodes, nodes[1:]):
