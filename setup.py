@@ -16,6 +16,10 @@ INSTALL_REQUIRES = [
     "scikit-image>=0.26,<0.27",
     "pydensecrf2>=1.1,<1.2",  # provides `import pydensecrf`; builds from source (~1 min)
     "numpy<2.5",
+    # TensorFlow's bfloat16 & co. 0.7.0 takes 1.1 s more to import than 0.6.0 (1.24-1.42 s vs 0.22-0.25 s
+    # for `import numpy, ml_dtypes`, Intel Xeon with AMX, 2026-12-06), in every process that imports
+    # TensorFlow: each command, each Beam worker process, each test that starts one
+    "ml_dtypes>=0.5.1,<0.7",
     "protobuf<7",
     "pyyaml>=6",
     "pillow>=10",

@@ -282,6 +282,9 @@ class TrainConfig:
     # have passed since its last backup; 0: every epoch (each backup of the default networks cost 0.15 s).
     # Multi-worker training backs up every epoch: its workers must agree on when.
     backup_seconds: float = 30.0
+    # TensorBoard's image previews (logs/previews) at an epoch's end once this many seconds have passed
+    # since the last, and after the last epoch; 0: every epoch (each costs the default networks 0.2-0.3 s)
+    preview_seconds: float = 60.0
     # Start RegionNet / PixelNet of iteration t+1 from those of iteration t (the paper restarts from
     # ImageNet weights; short from-scratch CPU schedules forget what the iteration before learnt).
     warm_start: bool = False

@@ -358,9 +358,12 @@ class TimedBackup(keras.callbacks.BackupAndRestore):
 
 
 class ImagePreviews(keras.callbacks.Callback):
-    """TensorBoard images (`logs/previews`) of the first `count` training images every `every` epochs
-    and after the last: the image | the labels it learns from | the network's current output (CAM: the
-    tagged classes' strongest CAM as a heat map; RegionNet, PixelNet: their label map, no tag rule)."""
+    """TensorBoard images (`logs/previews`) of the first `count` training images at an epoch's end once
+    `seconds` have passed since the last (or the start; 0: every epoch), and after the last epoch: the
+    image | the labels it learns from | the network's current output (CAM: the tagged classes'
+    strongest CAM as a heat map; RegionNet, PixelNet: their label map, no tag rule). By time, as the
+    backups: a preview of the default networks costs 0.2-0.3 s (eager calls), and every 5 epochs made
+    48 of them in the default run, the CAM's every 5-10 s."""
 
     def __init__(
         self,
@@ -369,18 +372,27 @@ class ImagePreviews(keras.callbacks.Callback):
         num_classes: int,
         cfg: Config,
         log_dir: str,
+        seconds: float = 60.0,
         count: int = 3,
-        every: int = 5,
+        clock: Callable[[], float] = time.monotonic,
     ):
         super().__init__()
         ds = dataset_from_config(records, num_classes, cfg.input, training=False, batch_size=1, repeat=False)
         self.examples = list(ds.take(count))
-        self.network, self.every, self.max_regions = network, every, cfg.model.max_regions
+        self.network, self.seconds, self.clock, self.max_regions = (
+            network,
+            seconds,
+            clock,
+            cfg.model.max_regions,
+        )
         self.mean = np.asarray(cfg.input.mean_rgb, np.float32)
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "previews"))
 
+    def on_train_begin(self, logs=None):
+        self.last = self.clock()
+
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every and epoch + 1 != self.params.get("epochs"):
+        if self.clock() - self.last < self.seconds and epoch + 1 != self.params.get("epochs"):
             return
         with self.writer.as_default():
             for b in self.examples:
@@ -388,6 +400,7 @@ class ImagePreviews(keras.callbacks.Callback):
                     f"{self.network}/{b['id'][0].numpy().decode()}", self._panel(b)[None], step=epoch + 1
                 )
         self.writer.flush()
+        self.last = self.clock()
 
     def _panel(self, b) -> np.ndarray:
         from mcof_tf.data.voc import voc_palette
@@ -489,7 +502,9 @@ def _train(
     callbacks = [
         TimedBackup(backup, cfg.train.backup_seconds),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
-        ImagePreviews(network, records, num_classes, cfg, os.path.join(out_dir, "logs")),
+        ImagePreviews(
+            network, records, num_classes, cfg, os.path.join(out_dir, "logs"), cfg.train.preview_seconds
+        ),
         *callbacks,
     ]
     over = regions_over_the_limit(records, cfg) if network == "regionnet" else 0
@@ -611,7 +626,14 @@ INPUTS_FILE = "inputs.json"  # what a training stage consumes, written before it
 # train.* keys that say how a stage runs, not what it learns from: they may change between a run and
 # its resumption (another machine), and a finished stage is not redone for them. Its actual dtype
 # policy, XLA use and op determinism are in its train.json.
-EXECUTION_KEYS = ("devices", "mixed_precision", "jit_compile", "deterministic", "backup_seconds")
+EXECUTION_KEYS = (
+    "devices",
+    "mixed_precision",
+    "jit_compile",
+    "deterministic",
+    "backup_seconds",
+    "preview_seconds",
+)
 # a stage's keys that only a warm-started network uses; 0 means "as the cold start" (StageConfig)
 WARM_KEYS = ("warm_epochs", "warm_learning_rate")
 

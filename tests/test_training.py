@@ -132,6 +132,31 @@ def test_backups_are_at_most_so_many_seconds_apart(tmp_path):
     assert training._backed_up_epochs(str(tmp_path / "every")) == 1
 
 
+def test_previews_are_at_most_so_many_seconds_apart_and_follow_the_last_epoch(
+    labelled_records, tiny_cfg, tmp_path
+):
+    """ImagePreviews writes its images at an epoch's end once `seconds` passed since the last preview (or
+    the start), and after the last epoch whatever the time."""
+    from mcof_tf.models.deeplab import deeplab_largefov
+
+    now = [0.0]
+    model = deeplab_largefov(7, tiny_cfg.model.backbone, width=0.125)
+    previews = training.ImagePreviews(
+        "pixelnet", labelled_records, 7, tiny_cfg, str(tmp_path), seconds=25, clock=lambda: now[0]
+    )
+    previews.set_model(model)
+    previews.set_params({"epochs": 7})
+    previews.on_train_begin()
+    for epoch in range(7):
+        now[0] += 10  # each epoch takes 10 s
+        previews.on_epoch_end(epoch)
+    steps = set()
+    for path in tf.io.gfile.glob(str(tmp_path / "previews" / "*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps |= {event.step for v in event.summary.value if v.tag.startswith("pixelnet/")}
+    assert steps == {3, 6, 7}  # at 30 s and 60 s, then the last epoch
+
+
 def test_warm_start_begins_from_the_given_model(labelled_records, tiny_cfg, tmp_path):
     cfg = _cfg(tiny_cfg, "pixelnet", 0.01, replicas=1)
     first = training.train(
