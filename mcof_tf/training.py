@@ -379,12 +379,8 @@ class ImagePreviews(keras.callbacks.Callback):
         super().__init__()
         ds = dataset_from_config(records, num_classes, cfg.input, training=False, batch_size=1, repeat=False)
         self.examples = list(ds.take(count))
-        self.network, self.seconds, self.clock, self.max_regions = (
-            network,
-            seconds,
-            clock,
-            cfg.model.max_regions,
-        )
+        self.network, self.max_regions = network, cfg.model.max_regions
+        self.seconds, self.clock = seconds, clock
         self.mean = np.asarray(cfg.input.mean_rgb, np.float32)
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "previews"))
 
