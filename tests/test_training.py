@@ -29,6 +29,14 @@ def _cfg(tiny_cfg, network, lr, replicas=2):
     return tiny_cfg
 
 
+def _preview_events(log_dir):
+    """(tag, epoch, summary value) of every image preview ImagePreviews wrote under `log_dir`."""
+    for path in tf.io.gfile.glob(str(log_dir / "previews" / "*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                yield v.tag, event.step, v
+
+
 @pytest.mark.parametrize("network, lr", [("cam", 0.02), ("regionnet", 0.02), ("pixelnet", 0.05)])
 def test_loss_falls_on_a_tiny_batch_with_two_replicas(network, lr, labelled_records, tiny_cfg, tmp_path):
     cfg = _cfg(tiny_cfg, network, lr)
@@ -50,11 +58,10 @@ def test_loss_falls_on_a_tiny_batch_with_two_replicas(network, lr, labelled_reco
     assert os.path.exists(tmp_path / training.MODEL_FILE)
     assert os.listdir(tmp_path / "logs")  # TensorBoard event files
     # image previews after the last epoch: image | labels | output, side by side
-    images = {}
-    for path in tf.io.gfile.glob(str(tmp_path / "logs" / "previews" / "*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                images[v.tag] = (event.step, tf.io.decode_png(tf.make_ndarray(v.tensor)[2]).shape)
+    images = {
+        tag: (step, tf.io.decode_png(tf.make_ndarray(v.tensor)[2]).shape)
+        for tag, step, v in _preview_events(tmp_path / "logs")
+    }
     assert len(images) == 3 and all(t.startswith(f"{network}/") for t in images)
     for step, (h, w, c) in images.values():
         assert step == 6 and c == 3 and w > h  # three panels wide
@@ -150,10 +157,7 @@ def test_previews_are_at_most_so_many_seconds_apart_and_follow_the_last_epoch(
     for epoch in range(7):
         now[0] += 10  # each epoch takes 10 s
         previews.on_epoch_end(epoch)
-    steps = set()
-    for path in tf.io.gfile.glob(str(tmp_path / "previews" / "*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            steps |= {event.step for v in event.summary.value if v.tag.startswith("pixelnet/")}
+    steps = {step for tag, step, _ in _preview_events(tmp_path) if tag.startswith("pixelnet/")}
     assert steps == {3, 6, 7}  # at 30 s and 60 s, then the last epoch
 
 
