@@ -244,14 +244,26 @@ def test_report_without_ground_truth(finished, tmp_path):
     assert (work / "stages.png").exists() and not (work / "miou_progress.png").exists()
 
 
+# The stages an ablation computes as the MCOF run does (the `finished` run's config differs from TINY_RUN
+# only in labels.* keys, which no stage up to the first RegionNet reads): copied into its workdir, as a
+# user would to save the time, they are checked against what they consumed and reused
+SHARED_WITH_MCOF = ("records", "cam", "seeds", "iter1/regionnet")
+
+
 @pytest.mark.parametrize("flag", ["--no-saliency", "--direct-iterative"])
-def test_ablation_variants_from_the_cli(flag, tiny_root, tmp_path, capsys):
+def test_ablation_variants_from_the_cli(flag, finished, tiny_root, tmp_path, capsys, caplog):
     """The paper's Table 4 (no saliency-guided refinement) and Fig. 8 baseline (PixelNet retrained on
-    its own masks after iteration 1), each in its own workdir."""
+    its own masks after iteration 1), each in its own workdir, starting from copies of the stages it
+    shares with an MCOF run."""
+    import shutil
+
     from mcof_tf import train
     from mcof_tf.data import records
 
+    caplog.set_level(logging.INFO)
     work = tmp_path / "w"
+    for stage in SHARED_WITH_MCOF:
+        shutil.copytree(finished[1] / "work" / stage, work / stage)
     iterations = "2" if flag == "--direct-iterative" else "1"
     args = ["--workdir", str(work), "--data-root", tiny_root, "--iter", iterations, "--no-export", flag]
     assert train.main(args + [a for o in TINY_RUN for a in ("--set", o)]) == 0
@@ -268,6 +280,9 @@ def test_ablation_variants_from_the_cli(flag, tiny_root, tmp_path, capsys):
         assert (2, "regionnet", "train") not in stages and not (work / "iter2" / "regionnet").exists()
         assert (2, "pixelnet", "val") in stages
     assert f"iteration {iterations}  pixelnet" in capsys.readouterr().out
+    # the copies were reused: the train and val records and the seeds, the CAM and the first RegionNet
+    assert caplog.text.count("complete already; nothing to do") == 3 and "redoing" not in caplog.text
+    assert "cam: trained already" in caplog.text and "iter1/regionnet: trained already" in caplog.text
 
 
 def test_run_record_differences_name_the_keys_and_accept_new_defaults():
