@@ -319,6 +319,10 @@ class Config:
         """Stable text of the whole config, for telling whether an output was made by it."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def workdir_for(self, variant: str = "mcof") -> str:
+        """A loop variant's default workdir: experiment.workdir, `-<variant>` after it but for MCOF's."""
+        return self.experiment.workdir + ("" if variant == "mcof" else f"-{variant}")
+
 
 _CHOICES = {
     "saliency.method": ("auto", "dataset", "geodesic"),

@@ -32,7 +32,10 @@ def _gfile():
 
 
 def exists(path: str) -> bool:
-    return _gfile().exists(path)
+    import os
+
+    # a local path needs no TensorFlow (reading a config before a command's heavy imports)
+    return os.path.exists(path) if not is_remote(path) else _gfile().exists(path)
 
 
 def isdir(path: str) -> bool:
@@ -135,6 +138,9 @@ def open_file(path: str, mode: str = "r"):
 
 
 def read_text(path: str) -> str:
+    if not is_remote(path):  # as `exists`: local text needs no TensorFlow
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     with open_file(path, "r") as f:
         return f.read()
 
@@ -263,14 +269,19 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+_LOCKS_HELD: set[str] = set()  # the .lock files this process holds (folder_lock)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str):
     """One run per (local) folder: `folder/.lock`, created atomically, holds host, pid and start time.
     A lock left by a process of this host that is gone is taken over with a message; any other lock
     (a live process, or another host, whose processes cannot be checked from here) is respected:
-    ValueError naming the holder. The lock is removed when the block ends. Object storage (gs://) has
-    no exclusive create through tf.io.gfile: remote folders are not locked (one job per folder is then
-    the user's rule)."""
+    ValueError naming the holder. The lock is removed when the block ends. A block inside another on the
+    same folder in the same process holds it already (the loop's command takes it before TensorFlow
+    loads, so that a second run is refused at once; the loop takes it again) and leaves it to the outer
+    block. Object storage (gs://) has no exclusive create through tf.io.gfile: remote folders are not
+    locked (one job per folder is then the user's rule). Plain `os`, no TensorFlow: a local file."""
     import json
     import logging
     import os
@@ -280,8 +291,14 @@ def folder_lock(folder: str):
     if is_remote(folder):
         yield None
         return
-    writable_dir(folder)  # made if needed; "cannot write to ..." rather than an OSError
-    path = os.path.join(folder, LOCK_FILE)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write to {folder}: {e}") from e
+    path = os.path.realpath(os.path.join(folder, LOCK_FILE))
+    if path in _LOCKS_HELD:  # by an outer block of this process, which removes it
+        yield path
+        return
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:
         try:
@@ -295,7 +312,7 @@ def folder_lock(folder: str):
             if (
                 theirs.get("host") == mine["host"]
                 and isinstance(theirs.get("pid"), int)
-                and not process_alive(theirs["pid"])
+                and (theirs["pid"] == mine["pid"] or not process_alive(theirs["pid"]))  # mine: pid reused
             ):
                 logging.getLogger(__name__).info(
                     f"{folder}: taking over the lock of pid {theirs['pid']} (started {theirs.get('started')}), "
@@ -308,12 +325,16 @@ def folder_lock(folder: str):
                 f"{theirs.get('started', '?')}); wait for that run or use another folder (if it is gone, "
                 f"delete {path})"
             ) from None
+        except OSError as e:  # a folder that exists but takes no files
+            raise ValueError(f"cannot write to {folder}: {e}") from e
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)
         break
+    _LOCKS_HELD.add(path)
     try:
         yield path
     finally:
+        _LOCKS_HELD.discard(path)
         try:
             with open(path) as f:
                 if json.load(f).get("pid") == mine["pid"]:

@@ -52,9 +52,10 @@ def native_stderr_silenced():
         os.close(devnull)
 
 
-def quiet_start() -> None:
-    """Import TensorFlow and Beam with their start-up noise hidden (call before anything imports them)."""
-    if "tensorflow" in sys.modules:
+def quiet_start(verbose: int = 0) -> None:
+    """Import TensorFlow and Beam with their start-up noise hidden (call before anything imports them);
+    with verbose >= 1 nothing: their start-up lines are shown as they come."""
+    if verbose or "tensorflow" in sys.modules:
         return
     with native_stderr_silenced():
         __import__("apache_beam")  # its "apitools not found" warning goes to the filtered handler
@@ -64,9 +65,11 @@ def quiet_start() -> None:
         list(tf.data.TFRecordDataset(os.devnull))  # so does the first TFRecord reader (an empty one here)
 
 
-def setup(verbose: int = 0) -> None:
+def setup(verbose: int = 0, load_libraries: bool = True) -> None:
     """INFO and up of our loggers on stderr; with verbose >= 1 every library's messages too and
-    TensorFlow's start-up lines (when TensorFlow is not imported yet), with verbose >= 2 DEBUG."""
+    TensorFlow's start-up lines (when TensorFlow is not imported yet), with verbose >= 2 DEBUG.
+    `load_libraries`: import TensorFlow and Beam now (`quiet_start`); a command with something to
+    check first passes False and calls `quiet_start(verbose)` itself."""
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     if not verbose:
@@ -80,8 +83,8 @@ def setup(verbose: int = 0) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
-    if not verbose:
-        quiet_start()
+    if load_libraries:
+        quiet_start(verbose)
 
 
 def add_verbose_flag(parser) -> None:

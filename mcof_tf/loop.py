@@ -361,7 +361,7 @@ def run_all(
 ) -> dict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant}")
-    workdir = workdir or (cfg.experiment.workdir + ("" if variant == "mcof" else f"-{variant}"))
+    workdir = workdir or cfg.workdir_for(variant)
     root = ensure_dataset(cfg.data, data_root)
     check_splits(root, cfg.data)
     run = Run(cfg, workdir, root, variant, beam_options)

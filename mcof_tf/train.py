@@ -20,10 +20,11 @@ from mcof_tf import log as log_setup
 
 
 def main(argv=None) -> int:
-    from beam_jobs.common import split_args
-    from mcof_tf import loop
+    # TensorFlow and Beam load after the workdir's lock is taken: a second run on a workdir in use is
+    # refused at once, not after their imports (about 6 s)
     from mcof_tf.config import ConfigError, load_config
     from mcof_tf.data.voc import DatasetError
+    from mcof_tf.fileio import folder_lock
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/synthetic.yaml)")
@@ -37,22 +38,30 @@ def main(argv=None) -> int:
     v.add_argument("--fully-supervised", dest="variant", action="store_const", const="fully_supervised")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     log_setup.add_verbose_flag(p)
-    args, beam_options = split_args(p, argv)
-    log_setup.setup(args.verbose)
+    args, beam_args = p.parse_known_args(argv)  # the rest is Beam's (beam_jobs.common.split_args)
+    log_setup.setup(args.verbose, load_libraries=False)
     if args.iterations < 1:
         p.error("--iter must be at least 1")
     started = time.time()
+    variant = args.variant or "mcof"
     try:
         cfg = load_config(args.config, args.overrides)
-        rep = loop.run_all(
-            cfg,
-            args.iterations,
-            args.workdir,
-            args.data_root,
-            args.variant or "mcof",
-            beam_options,
-            export=not args.no_export,
-        )
+        workdir = args.workdir or cfg.workdir_for(variant)
+        with folder_lock(workdir):  # the loop takes it again (held already)
+            log_setup.quiet_start(args.verbose)
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            from mcof_tf import loop
+
+            rep = loop.run_all(
+                cfg,
+                args.iterations,
+                workdir,
+                args.data_root,
+                variant,
+                PipelineOptions(beam_args),
+                export=not args.no_export,
+            )
     except (
         ConfigError,
         DatasetError,

@@ -194,7 +194,33 @@ def test_one_run_per_folder(tmp_path):
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
     with folder_lock(str(tmp_path)):  # a dead process's lock is taken over
         assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with folder_lock(str(tmp_path)):  # this process holds it already (the loop's command, then the loop)
+            pass
+        assert json.loads(lock.read_text())["pid"] == os.getpid()  # left to the outer block
     assert not lock.exists()
+    # a lock naming this pid that this process does not hold: an earlier process's, whose pid was reused
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    with folder_lock(str(tmp_path)):
+        pass
+    assert not lock.exists()
+
+
+def test_a_second_run_is_refused_before_tensorflow_loads(tmp_path):
+    """`python -m mcof_tf.train` on a workdir in use says so at once, not after its heavy imports."""
+    import socket
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "started": "earlier"}))
+    code = (
+        "import sys; from mcof_tf import train; rc = train.main(['--workdir', sys.argv[1]]); "
+        "print('loaded:', sorted({'tensorflow', 'apache_beam', 'keras'} & set(sys.modules))); sys.exit(rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(work)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "is in use by pid 1" in r.stderr, r.stderr[-2000:]
+    assert "loaded: []" in r.stdout
 
 
 def test_the_loop_refuses_a_workdir_in_use(tiny_root, tmp_path):
