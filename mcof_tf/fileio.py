@@ -1,7 +1,9 @@
 """The project's one I/O layer: every user path (data root, records, workdir, stage folders, checkpoints,
 reports and figures, exports, weights, predict inputs and outputs) is read and written here, through
 `tf.io.gfile`, so that a local folder and an object-storage URL (gs://bucket/...) behave alike. Writes
-that readers may race are atomic: a temporary name, then a rename.
+that readers may race are atomic: a temporary name, then a rename. `exists` and `read_text` of a local
+path use Python's own calls, so that a command can read its config (and take its workdir's lock) before
+TensorFlow loads.
 
 Outside this module the project opens no user path with `open`, `os.path` or `shutil` (a test checks);
 the exceptions are local by nature: the `.lock` of `folder_lock`, /proc and the package's own files.
