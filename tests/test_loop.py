@@ -261,9 +261,10 @@ def test_ablation_variants_from_the_cli(flag, finished, tiny_root, tmp_path, cap
     from mcof_tf.data import records
 
     caplog.set_level(logging.INFO)
+    _, base, _ = finished
     work = tmp_path / "w"
     for stage in SHARED_WITH_MCOF:
-        shutil.copytree(finished[1] / "work" / stage, work / stage)
+        shutil.copytree(base / "work" / stage, work / stage)
     iterations = "2" if flag == "--direct-iterative" else "1"
     args = ["--workdir", str(work), "--data-root", tiny_root, "--iter", iterations, "--no-export", flag]
     assert train.main(args + [a for o in TINY_RUN for a in ("--set", o)]) == 0
